@@ -1,0 +1,187 @@
+//! What each subcommand does. `main.rs` only parses arguments and calls in here.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::cli::{EmulatorArgs, SignArgs};
+use crate::config::{self, GatewayConfig};
+use crate::emulator::{self, EmulatorConfig};
+use crate::secret::Secret;
+use crate::signing::{self, Algorithm, SigningInput};
+use crate::{generation, server};
+
+/// `nxgate run`.
+pub fn run(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = server::check_bindable(&config.listen) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(
+        listen = ?config.listen,
+        upstream = %config.upstream.authority,
+        tenants = config.tenants.len(),
+        verify = config.verify_mode.as_str(),
+        "nxgate starting"
+    );
+    let listen = config.listen.clone();
+    server::serve(generation::live(config), &listen, server::StopHandle::default());
+    ExitCode::SUCCESS
+}
+
+/// A summary of a validated config with no secret in it.
+pub fn summary(c: &GatewayConfig) -> String {
+    let mut out = String::new();
+    let scheme = if c.upstream.tls { "https" } else { "http" };
+    out.push_str(&format!("listen: {}\n", c.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")));
+    out.push_str(&format!("upstream: {scheme}://{}", c.upstream.authority));
+    if !c.upstream.extra_roots.is_empty() {
+        out.push_str(&format!(" (+{} extra CA certificates)", c.upstream.extra_roots.len()));
+    }
+    out.push('\n');
+    out.push_str(&format!(
+        "verify: {} (max clock skew {} s)\nroutes: {}\n",
+        c.verify_mode.as_str(),
+        c.max_clock_skew_secs,
+        c.allow_prefixes.join(", ")
+    ));
+    out.push_str(&format!(
+        "limits: request body {} B, response body {} B\n",
+        c.max_request_body_bytes, c.max_response_body_bytes
+    ));
+    out.push_str(&format!("tenants: {}\n", c.tenants.len()));
+    for (i, t) in c.tenants.iter().enumerate() {
+        let default = if c.default_tenant == Some(i) { ", default" } else { "" };
+        out.push_str(&format!(
+            "  - {} (uuid {}, {}, {} client keys, secret from {}{default})\n",
+            t.name,
+            t.uuid,
+            t.algorithm,
+            t.client_key_hashes.len(),
+            t.secret_source
+        ));
+    }
+    out
+}
+
+/// `nxgate check`.
+pub fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            print!("{}", summary(&c));
+            println!("config OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `nxgate sign`.
+pub fn sign(args: &SignArgs) -> ExitCode {
+    let (uuid, secret, tenant_alg) = match sign_credentials(args) {
+        Ok(v) => v,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("cannot read the body from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let algorithm = args.algorithm.or(tenant_alg).unwrap_or_default();
+    let request_id = args.request_id.clone().unwrap_or_else(signing::new_request_id);
+    let create_ts = args
+        .create_ts
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs())
+        .to_string();
+    let input = SigningInput { body: &body, create_ts: &create_ts, request_id: &request_id, uuid: &uuid };
+    for (name, value) in signing::signed_headers(&secret, algorithm, &input).pairs() {
+        println!("{name}: {value}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn sign_credentials(args: &SignArgs) -> Result<(String, Secret, Option<Algorithm>), String> {
+    if let (Some(path), Some(name)) = (&args.config, &args.tenant) {
+        let c = config::load(path).map_err(|e| e.to_string())?;
+        let t = c.tenants.into_iter().find(|t| &t.name == name).ok_or(format!("no tenant named {name:?}"))?;
+        return Ok((t.uuid, t.secret, Some(t.algorithm)));
+    }
+    let uuid = args.uuid.clone().ok_or("give --uuid with --secret-env or --secret-file (or --config with --tenant)")?;
+    let secret = match (&args.secret_env, &args.secret_file) {
+        (Some(var), None) => std::env::var_os(var).ok_or(format!("environment variable {var} is not set"))?.into_encoded_bytes(),
+        (None, Some(f)) => {
+            let mut b = std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            if b.ends_with(b"\n") {
+                b.pop();
+            }
+            b
+        }
+        _ => return Err("give exactly one of --secret-env / --secret-file".into()),
+    };
+    if secret.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    Ok((uuid, Secret::new(secret), None))
+}
+
+/// Parses `UUID=SECRET` pairs.
+pub fn emulator_tenants(pairs: &[String]) -> Result<HashMap<String, Secret>, String> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((u, s)) if !u.is_empty() && !s.is_empty() => Ok((u.to_owned(), Secret::new(s.as_bytes().to_vec()))),
+            // Name the position, not the value: it may hold a secret.
+            _ => Err("--tenant takes UUID=SECRET".to_owned()),
+        })
+        .collect()
+}
+
+/// `nxgate emulator`.
+pub fn emulator(args: &EmulatorArgs) -> ExitCode {
+    let result = (|| -> Result<(), String> {
+        let tenants = emulator_tenants(&args.tenants)?;
+        let fault = args.fault.as_deref().map(str::parse).transpose()?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => {
+                let cert = std::fs::read(c).map_err(|e| format!("{}: {e}", c.display()))?;
+                let key = std::fs::read(k).map_err(|e| format!("{}: {e}", k.display()))?;
+                Some(emulator::tls_acceptor(&cert, &key)?)
+            }
+            _ => None,
+        };
+        let cfg = Arc::new(EmulatorConfig { tenants, skip_request_verification: args.skip_request_verification, fault });
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let (addr, task) = emulator::spawn(args.listen, cfg, tls.clone()).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(%addr, "emulator listening");
+            println!("emulator listening on {scheme}://{addr}");
+            tokio::select! {
+                _ = task => Ok(()),
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        })
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

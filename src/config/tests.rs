@@ -1,0 +1,224 @@
+use super::*;
+use std::io::Write;
+
+const MINIMAL: &str = r#"
+listen: ["127.0.0.1:8080"]
+upstream:
+  url: "https://nxbot.nxcloud.com"
+tenants:
+  - name: acme
+    uuid: "Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR"
+    secret_env: NXGATE_ACME_SECRET
+"#;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([("NXGATE_ACME_SECRET".to_owned(), "s3cr3t-value".to_owned())])
+}
+
+fn load_text(text: &str) -> Result<GatewayConfig, ConfigError> {
+    parse(text, Path::new("test.yaml"), &env())
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match load_text(text) {
+        Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(|p| p.to_string()).collect(),
+        Err(other) => vec![other.to_string()],
+        Ok(_) => panic!("config unexpectedly valid:\n{text}"),
+    }
+}
+
+fn assert_problem(text: &str, field: &str) {
+    let ps = problems(text);
+    assert!(ps.iter().any(|p| p.contains(field)), "expected a problem naming {field}, got {ps:#?}");
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = load_text(MINIMAL).unwrap();
+    assert_eq!(c.upstream.connect_timeout, Duration::from_millis(3000));
+    assert_eq!(c.upstream.read_timeout, Duration::from_millis(30000));
+    assert_eq!(c.upstream.total_timeout, Duration::from_millis(60000));
+    assert_eq!(c.max_request_body_bytes, 1_048_576);
+    assert_eq!(c.max_response_body_bytes, 8_388_608);
+    assert_eq!(c.verify_mode, VerifyMode::Enforce);
+    assert_eq!(c.max_clock_skew_secs, 300);
+    assert_eq!(c.allow_prefixes, vec!["/callcentre/".to_owned()]);
+    assert_eq!(c.default_tenant, None);
+    assert!(c.upstream.tls);
+    assert_eq!((c.upstream.host.as_str(), c.upstream.port), ("nxbot.nxcloud.com", 443));
+    assert_eq!(c.tenants[0].algorithm, Algorithm::Md5);
+    assert_eq!(c.tenants[0].secret.expose(), b"s3cr3t-value");
+}
+
+/// The shipped example documents every default: loading it must give the same values as
+/// leaving every optional key out.
+#[test]
+fn shipped_example_states_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/nxgate.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let env = HashMap::from([("NXGATE_ACME_SECRET".to_owned(), "x".to_owned())]);
+    let shipped = parse(&text, &path, &env).unwrap();
+    let minimal = load_text(MINIMAL).unwrap();
+    assert_eq!(shipped.upstream.connect_timeout, minimal.upstream.connect_timeout);
+    assert_eq!(shipped.upstream.read_timeout, minimal.upstream.read_timeout);
+    assert_eq!(shipped.upstream.total_timeout, minimal.upstream.total_timeout);
+    assert_eq!(shipped.upstream.extra_roots, minimal.upstream.extra_roots);
+    assert_eq!(shipped.max_request_body_bytes, minimal.max_request_body_bytes);
+    assert_eq!(shipped.max_response_body_bytes, minimal.max_response_body_bytes);
+    assert_eq!(shipped.verify_mode, minimal.verify_mode);
+    assert_eq!(shipped.max_clock_skew_secs, minimal.max_clock_skew_secs);
+    assert_eq!(shipped.allow_prefixes, minimal.allow_prefixes);
+    assert_eq!(shipped.default_tenant, minimal.default_tenant);
+    assert_eq!(shipped.tenants[0].algorithm, minimal.tenants[0].algorithm);
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_name() {
+    let text = MINIMAL.replace("  url:", "  urll: x\n  url:");
+    let err = load_text(&text).unwrap_err().to_string();
+    assert!(err.contains("urll"), "{err}");
+    let text = format!("{MINIMAL}\nratelimit: 5\n");
+    assert!(load_text(&text).unwrap_err().to_string().contains("ratelimit"));
+}
+
+#[test]
+fn an_inline_secret_is_refused_and_never_echoed() {
+    let text = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secret: \"inline-hunter2\"");
+    let ps = problems(&text);
+    assert!(ps.iter().any(|p| p.contains("tenants[0].secret") && p.contains("inline")), "{ps:#?}");
+    assert!(!ps.join("\n").contains("hunter2"));
+    let text = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secretKey: \"inline-hunter2\"");
+    let err = load_text(&text).unwrap_err().to_string();
+    assert!(err.contains("tenants[0].secret") && !err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_missing_secret_names_the_field() {
+    assert_problem(&MINIMAL.replace("NXGATE_ACME_SECRET", "NXGATE_UNSET_VAR"), "tenants[0].secret_env");
+    assert_problem(&MINIMAL.replace("    secret_env: NXGATE_ACME_SECRET\n", ""), "tenants[0].secret_env");
+    assert_problem(
+        &MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secret_env: NXGATE_ACME_SECRET\n    secret_file: /x"),
+        "exactly one",
+    );
+    assert_problem(&MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secret_file: /nonexistent/nxgate"), "tenants[0].secret_file");
+}
+
+#[test]
+fn an_empty_secret_is_refused() {
+    let env = HashMap::from([("NXGATE_ACME_SECRET".to_owned(), String::new())]);
+    match parse(MINIMAL, Path::new("t.yaml"), &env) {
+        Err(ConfigError::Invalid { problems, .. }) => assert!(problems[0].to_string().contains("empty")),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn secret_file(contents: &[u8]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(contents).unwrap();
+    f
+}
+
+#[test]
+fn a_secret_file_loses_exactly_one_trailing_newline() {
+    for (contents, expected) in [(&b"abc\n"[..], &b"abc"[..]), (b"abc", b"abc"), (b"abc\r\n", b"abc")] {
+        let f = secret_file(contents);
+        let text = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", &format!("secret_file: {}", f.path().display()));
+        let c = load_text(&text).unwrap();
+        assert_eq!(c.tenants[0].secret.expose(), expected);
+        assert!(c.tenants[0].secret_source.starts_with("file "));
+    }
+    let f = secret_file(b"abc\n\n");
+    let text = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", &format!("secret_file: {}", f.path().display()));
+    assert_problem(&text, "more than one newline");
+}
+
+const TWO: &str = r#"
+listen: ["127.0.0.1:8080"]
+upstream: { url: "https://nxbot.nxcloud.com" }
+tenants:
+  - name: acme
+    uuid: "U1"
+    secret_env: NXGATE_ACME_SECRET
+    client_keys_sha256: ["ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]
+  - name: beta
+    uuid: "U2"
+    secret_env: NXGATE_ACME_SECRET
+    client_keys_sha256: ["0000000000000000000000000000000000000000000000000000000000000001"]
+"#;
+
+#[test]
+fn duplicate_names_uuids_and_keys_are_refused() {
+    load_text(TWO).unwrap();
+    assert_problem(&TWO.replace("name: beta", "name: acme"), "tenants[1].name");
+    assert_problem(&TWO.replace("\"U2\"", "\"U1\""), "tenants[1].uuid");
+    assert_problem(
+        &TWO.replace("0000000000000000000000000000000000000000000000000000000000000001", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+        "tenants[1].client_keys_sha256[0]",
+    );
+}
+
+#[test]
+fn malformed_key_hashes_are_refused() {
+    for bad in ["abc", "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD", "zz7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"] {
+        assert_problem(&TWO.replace("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", bad), "tenants[0].client_keys_sha256[0]");
+    }
+}
+
+#[test]
+fn default_tenant_must_name_a_tenant() {
+    assert_problem(&format!("{TWO}default_tenant: nobody\n"), "default_tenant");
+    assert_eq!(load_text(&format!("{TWO}default_tenant: beta\n")).unwrap().default_tenant, Some(1));
+}
+
+#[test]
+fn bad_values_name_their_fields_all_at_once() {
+    let text = r#"
+listen: ["localhost:80", "127.0.0.1:1"]
+upstream:
+  url: "ftp://x"
+  connect_timeout_ms: 0
+limits: { max_request_body_bytes: 0 }
+routes: { allow_prefixes: ["callcentre/"] }
+tenants: []
+"#;
+    let ps = problems(text);
+    for field in ["listen[0]", "upstream.url", "upstream.connect_timeout_ms", "limits.max_request_body_bytes", "routes.allow_prefixes[0]", "tenants"] {
+        assert!(ps.iter().any(|p| p.starts_with(field)), "{field} missing from {ps:#?}");
+    }
+}
+
+#[test]
+fn upstream_url_must_be_a_bare_origin() {
+    for bad in ["https://x/api", "https://x?a=1", "https://user:pw@x", "x", "https://"] {
+        assert_problem(&MINIMAL.replace("https://nxbot.nxcloud.com", bad), "upstream.url");
+    }
+    let c = load_text(&MINIMAL.replace("https://nxbot.nxcloud.com", "http://127.0.0.1:9000/")).unwrap();
+    assert!(!c.upstream.tls);
+    assert_eq!((c.upstream.host.as_str(), c.upstream.port, c.upstream.authority.as_str()), ("127.0.0.1", 9000, "127.0.0.1:9000"));
+    let c = load_text(&MINIMAL.replace("https://nxbot.nxcloud.com", "https://[::1]:8443")).unwrap();
+    assert_eq!(c.upstream.host, "::1");
+}
+
+#[test]
+fn verify_mode_accepts_quoted_and_yaml11_off() {
+    let with = |m: &str| load_text(&format!("{MINIMAL}verify: {{ mode: {m} }}\n"));
+    assert_eq!(with("\"off\"").unwrap().verify_mode, VerifyMode::Off);
+    assert_eq!(with("off").unwrap().verify_mode, VerifyMode::Off);
+    assert_eq!(with("false").unwrap().verify_mode, VerifyMode::Off);
+    assert_eq!(with("\"report\"").unwrap().verify_mode, VerifyMode::Report);
+    assert!(with("\"strict\"").unwrap_err().to_string().contains("verify mode"));
+    assert!(with("true").is_err());
+}
+
+#[test]
+fn ca_file_must_hold_certificates() {
+    let f = secret_file(b"not a pem\n");
+    assert_problem(&MINIMAL.replace("  url: \"https://nxbot.nxcloud.com\"", &format!("  url: \"https://nxbot.nxcloud.com\"\n  ca_file: {}", f.path().display())), "upstream.ca_file");
+}
+
+#[test]
+fn debug_output_of_a_loaded_config_has_no_secret() {
+    let c = load_text(MINIMAL).unwrap();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cr3t-value"), "{shown}");
+}

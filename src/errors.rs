@@ -1,0 +1,174 @@
+//! The gateway's error contract: one enum for everything a caller can be refused with,
+//! rendered into the JSON error shape in exactly one place (`ErrorResponse::new`).
+//!
+//! Status, numeric code and kind are a stable, documented contract (README, "Errors");
+//! `msg` is for people and may change. Messages never carry secrets, client keys or
+//! body bytes: they are built from fixed text plus values the caller already knows.
+
+use bytes::Bytes;
+
+use crate::verify::VerifyFailure;
+
+/// Header that names the error kind on every gateway-made error response.
+pub const ERROR_KIND_HEADER: &str = "x-nxgate-error";
+
+/// Everything the gateway itself can answer a caller with instead of the upstream's response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed (framing, smuggling attempt, unreadable body).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No tenant could be chosen for this caller.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The path is outside `routes.allow_prefixes`.
+    #[error("path is not an allowed route")]
+    RouteNotAllowed,
+    /// The request body is over `limits.max_request_body_bytes`.
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The upstream could not be reached (refused, reset, TLS failure, DNS).
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnreachable(String),
+    /// The upstream answered, but its answer did not verify.
+    #[error("upstream response failed verification: {failure} (upstream status {upstream_status})")]
+    BadUpstreamSignature {
+        /// What did not check out.
+        failure: VerifyFailure,
+        /// The status the upstream sent, for diagnosis.
+        upstream_status: u16,
+    },
+    /// The upstream body is over `limits.max_response_body_bytes`.
+    #[error("upstream response exceeds {limit} bytes")]
+    UpstreamResponseTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The upstream response was truncated or malformed.
+    #[error("bad upstream response: {0}")]
+    BadUpstreamResponse(String),
+    /// The upstream did not answer within a configured timeout.
+    #[error("upstream timeout: {0}")]
+    UpstreamTimeout(String),
+}
+
+impl GatewayError {
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        self.contract().0
+    }
+
+    /// Stable numeric code in the JSON body.
+    pub fn code(&self) -> u32 {
+        self.contract().1
+    }
+
+    /// Stable kind: the `x-nxgate-error` header value, and a bounded log/metric label.
+    pub fn kind(&self) -> &'static str {
+        self.contract().2
+    }
+
+    fn contract(&self) -> (u16, u32, &'static str) {
+        match self {
+            GatewayError::BadRequest(_) => (400, 40001, "bad_request"),
+            GatewayError::Unauthenticated(_) => (401, 40101, "unauthenticated"),
+            GatewayError::RouteNotAllowed => (404, 40401, "route_not_allowed"),
+            GatewayError::BodyTooLarge { .. } => (413, 41301, "body_too_large"),
+            GatewayError::UpstreamUnreachable(_) => (502, 50201, "upstream_unreachable"),
+            GatewayError::BadUpstreamSignature { .. } => (502, 50202, "bad_upstream_signature"),
+            GatewayError::UpstreamResponseTooLarge { .. } => (502, 50203, "upstream_response_too_large"),
+            GatewayError::BadUpstreamResponse(_) => (502, 50204, "bad_upstream_response"),
+            GatewayError::UpstreamTimeout(_) => (504, 50401, "upstream_timeout"),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    code: u32,
+    msg: &'a str,
+    #[serde(rename = "reqId")]
+    req_id: &'a str,
+    timestamp: u64,
+}
+
+/// A rendered error: what the proxy writes to the caller.
+#[derive(Debug, Clone)]
+pub struct ErrorResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// `x-nxgate-error` value.
+    pub kind: &'static str,
+    /// JSON body, `{"code","msg","reqId","timestamp"}` like the upstream's own.
+    pub body: Bytes,
+}
+
+impl ErrorResponse {
+    /// Renders `err` for the request `req_id` at unix-millisecond time `now_ms`.
+    pub fn new(err: &GatewayError, req_id: &str, now_ms: u64) -> Self {
+        let msg = err.to_string();
+        let body = ErrorBody { code: err.code(), msg: &msg, req_id, timestamp: now_ms };
+        let json = serde_json::to_vec(&body).expect("plain struct serializes");
+        ErrorResponse { status: err.status(), kind: err.kind(), body: Bytes::from(json) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_variant() -> Vec<GatewayError> {
+        vec![
+            GatewayError::BadRequest("x".into()),
+            GatewayError::Unauthenticated("no key"),
+            GatewayError::RouteNotAllowed,
+            GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::UpstreamUnreachable("refused".into()),
+            GatewayError::BadUpstreamSignature {
+                failure: VerifyFailure::SignatureMismatch,
+                upstream_status: 200,
+            },
+            GatewayError::UpstreamResponseTooLarge { limit: 1 },
+            GatewayError::BadUpstreamResponse("truncated".into()),
+            GatewayError::UpstreamTimeout("read".into()),
+        ]
+    }
+
+    #[test]
+    fn the_documented_table_holds() {
+        let table: Vec<_> = every_variant().iter().map(|e| (e.status(), e.code(), e.kind())).collect();
+        assert_eq!(
+            table,
+            vec![
+                (400, 40001, "bad_request"),
+                (401, 40101, "unauthenticated"),
+                (404, 40401, "route_not_allowed"),
+                (413, 41301, "body_too_large"),
+                (502, 50201, "upstream_unreachable"),
+                (502, 50202, "bad_upstream_signature"),
+                (502, 50203, "upstream_response_too_large"),
+                (502, 50204, "bad_upstream_response"),
+                (504, 50401, "upstream_timeout"),
+            ]
+        );
+    }
+
+    #[test]
+    fn body_has_the_upstream_shape() {
+        let e = GatewayError::BadUpstreamSignature {
+            failure: VerifyFailure::RequestIdMismatch,
+            upstream_status: 200,
+        };
+        let r = ErrorResponse::new(&e, "abc", 1_700_000_000_000);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["code"], 50202);
+        assert_eq!(v["reqId"], "abc");
+        assert_eq!(v["timestamp"], 1_700_000_000_000u64);
+        let msg = v["msg"].as_str().unwrap();
+        assert!(msg.contains("requestID") && msg.contains("200"), "{msg}");
+        assert_eq!(v.as_object().unwrap().len(), 4);
+    }
+}

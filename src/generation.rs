@@ -1,0 +1,40 @@
+//! A config generation: the validated config plus everything built from it once
+//! (tenant index, upstream connector and pool).
+//!
+//! The proxy reads the current generation through an `ArcSwap`: a request takes one
+//! snapshot when it starts and keeps it to the end, so a reload never changes the rules
+//! under a request in flight, and the request path takes no lock.
+
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+use crate::config::GatewayConfig;
+use crate::tenants::TenantDirectory;
+use crate::upstream::Upstream;
+
+/// Everything one config generation needs at request time.
+pub struct Generation {
+    /// The validated config.
+    pub config: GatewayConfig,
+    /// Tenants indexed by client key.
+    pub tenants: TenantDirectory,
+    /// Upstream connector, pool and trust roots.
+    pub upstream: Upstream,
+}
+
+impl Generation {
+    /// Builds the request-time state for a validated config.
+    pub fn new(config: GatewayConfig) -> Self {
+        let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
+        let upstream = Upstream::new(config.upstream.clone());
+        Generation { config, tenants, upstream }
+    }
+}
+
+/// The generation requests use now; replaced whole on reload.
+pub type Live = Arc<ArcSwap<Generation>>;
+
+/// A `Live` handle holding `config`.
+pub fn live(config: GatewayConfig) -> Live {
+    Arc::new(ArcSwap::from_pointee(Generation::new(config)))
+}

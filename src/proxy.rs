@@ -1,0 +1,416 @@
+//! The request path, top to bottom in the order a request travels:
+//! authenticate → route → frame → read body → sign → forward → read response → verify →
+//! respond.
+//!
+//! Everything happens inside Pingora's `request_filter`, which then returns `Ok(true)`
+//! ("response already sent"). Pingora's own upstream phases never run: they would send
+//! the request header before the body is signed and the response header before the body
+//! is verified (`shared/PINGORA_NOTES.md` §1, §3, §4). Pingora still owns the listeners,
+//! HTTP parsing, downstream keep-alive and graceful shutdown.
+//!
+//! Each step returns `Result<_, GatewayError>`; the only place a `GatewayError` becomes
+//! bytes on the wire is `respond_error`, through `errors::ErrorResponse`.
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::{Tenant, VerifyMode};
+use crate::errors::{ErrorResponse, GatewayError, ERROR_KIND_HEADER};
+use crate::generation::{Generation, Live};
+use crate::headers::{self, REQUEST_ID_HEADER};
+use crate::routes;
+use crate::signing::{self, SignedHeaders, SigningInput};
+use crate::upstream::UpstreamResponse;
+use crate::verify::{self, Expectation, VerifyFailure};
+
+/// Idle time allowed between requests on a caller's keep-alive connection, and per read
+/// of the next request header (Pingora's HTTP/1.1 default would be to wait forever).
+pub const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
+
+/// Time allowed to receive a whole request body, so a slow sender cannot hold a
+/// buffer and a task forever.
+pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What happened to a response's signature check; a bounded label for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyOutcome {
+    /// No upstream response was checked (the request failed earlier, or mode is `off`).
+    #[default]
+    NotChecked,
+    /// The response verified.
+    Passed,
+    /// The response failed and was refused (`enforce`).
+    Refused(&'static str),
+    /// The response failed but was passed on (`report`).
+    Reported(&'static str),
+}
+
+impl VerifyOutcome {
+    /// Label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VerifyOutcome::NotChecked => "not_checked",
+            VerifyOutcome::Passed => "passed",
+            VerifyOutcome::Refused(_) => "refused",
+            VerifyOutcome::Reported(_) => "reported",
+        }
+    }
+}
+
+/// Per-request state, read by the access log.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The `requestID` sent upstream; also `reqId` of gateway errors and `x-request-id`.
+    pub request_id: String,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Chosen tenant's name, once authenticated.
+    pub tenant: Option<String>,
+    /// Status sent to the caller.
+    pub status: u16,
+    /// Status the upstream sent, if it answered.
+    pub upstream_status: Option<u16>,
+    /// Time spent in the upstream exchange.
+    pub upstream_time: Option<Duration>,
+    /// Request body bytes read from the caller.
+    pub bytes_in: usize,
+    /// Body bytes written to the caller.
+    pub bytes_out: usize,
+    /// Response verification result.
+    pub verify: VerifyOutcome,
+    /// Gateway error kind, if the gateway answered with an error.
+    pub error_kind: Option<&'static str>,
+}
+
+impl RequestCtx {
+    fn new() -> Self {
+        RequestCtx {
+            request_id: signing::new_request_id(),
+            started: Instant::now(),
+            tenant: None,
+            status: 0,
+            upstream_status: None,
+            upstream_time: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            verify: VerifyOutcome::NotChecked,
+            error_kind: None,
+        }
+    }
+}
+
+/// The Pingora application: nxgate's request path.
+pub struct NxGate {
+    live: Live,
+}
+
+impl NxGate {
+    /// Serves requests with whatever generation `live` holds at each request's start.
+    pub fn new(live: Live) -> Self {
+        NxGate { live }
+    }
+}
+
+/// A response ready to send to the caller.
+struct Reply {
+    header: ResponseHeader,
+    body: Bytes,
+}
+
+fn now_unix() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+#[async_trait]
+impl ProxyHttp for NxGate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Runs the whole exchange and writes the caller's response itself.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        // One snapshot for the whole request: a reload mid-request changes nothing here.
+        let generation = self.live.load_full();
+        session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+        let result = handle(&generation, session, ctx).await;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => error_reply(&e, ctx),
+        };
+        ctx.status = reply.header.status.as_u16();
+        let head_request = session.req_header().method == http::Method::HEAD;
+        let body_len = reply.body.len();
+        if let Err(e) = write_reply(session, reply, head_request).await {
+            tracing::debug!(request_id = %ctx.request_id, error = %e, "caller went away before the response was written");
+        } else if !head_request {
+            ctx.bytes_out = body_len;
+        }
+        Ok(true)
+    }
+
+    /// Never reached: `request_filter` always answers. Refuse rather than proxy blindly.
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        pingora::Error::e_explain(pingora::ErrorType::InternalError, "nxgate answers every request in request_filter")
+    }
+
+    /// One access-log event per request. No secret, client key, query string or body.
+    async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        let req = session.req_header();
+        tracing::info!(
+            target: "nxgate::access",
+            tenant = ctx.tenant.as_deref().unwrap_or("-"),
+            request_id = %ctx.request_id,
+            method = %req.method,
+            path = req.uri.path(),
+            status = ctx.status,
+            upstream_status = ctx.upstream_status,
+            duration_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+            upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+            bytes_in = ctx.bytes_in,
+            bytes_out = ctx.bytes_out,
+            verify = ctx.verify.as_str(),
+            error_kind = ctx.error_kind,
+            pingora_error = e.map(|e| e.etype().as_str()),
+            "request"
+        );
+    }
+}
+
+/// The request path proper. Each step may refuse the request with a `GatewayError`.
+async fn handle(g: &Generation, session: &mut Session, ctx: &mut RequestCtx) -> Result<Reply, GatewayError> {
+    let tenant = authenticate(g, session)?;
+    ctx.tenant = Some(tenant.name.clone());
+    let target = route(g, session.req_header())?;
+    let declared = check_framing(g, session)?;
+    let body = read_body(g, session, declared).await?;
+    ctx.bytes_in = body.len();
+    let now = now_unix().as_secs();
+    let signed = sign(&tenant, &ctx.request_id, now, &body);
+    let upstream_req = upstream_request(g, session.req_header(), &target, &signed, body.len())?;
+
+    let sent_at = Instant::now();
+    let result = g.upstream.send(&upstream_req, &body, g.config.max_response_body_bytes).await;
+    ctx.upstream_time = Some(sent_at.elapsed());
+    let response = result?;
+    ctx.upstream_status = Some(response.header.status.as_u16());
+
+    let verdict = check_response(g, &tenant, &signed, &response);
+    ctx.verify = match &verdict {
+        Ok(outcome) => *outcome,
+        Err(GatewayError::BadUpstreamSignature { failure, .. }) => VerifyOutcome::Refused(failure.reason()),
+        Err(_) => VerifyOutcome::NotChecked,
+    };
+    verdict?;
+    Ok(caller_reply(response, &ctx.request_id))
+}
+
+/// Step 1: the tenant this caller is entitled to.
+fn authenticate(g: &Generation, session: &Session) -> Result<Arc<Tenant>, GatewayError> {
+    let auth = session.req_header().headers.get_all(http::header::AUTHORIZATION);
+    g.tenants.select(auth.iter().map(|v| v.as_bytes())).cloned()
+}
+
+/// Step 2: the path and query to send upstream, if the path is allowed.
+fn route(g: &Generation, req: &RequestHeader) -> Result<String, GatewayError> {
+    let target = req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    // Check exactly what is forwarded: a target Pingora could not keep verbatim in the URI
+    // is refused rather than checked in one spelling and sent in another.
+    if req.raw_path() != target.as_bytes() && req.uri.scheme().is_none() {
+        return Err(GatewayError::BadRequest("request target is not a plain origin-form path".into()));
+    }
+    if !routes::is_allowed(req.uri.path(), &g.config.allow_prefixes) {
+        return Err(GatewayError::RouteNotAllowed);
+    }
+    Ok(target.to_owned())
+}
+
+/// Step 3: refuse ambiguous framing and oversized declared bodies before reading a byte.
+/// Returns the declared Content-Length, if any.
+fn check_framing(g: &Generation, session: &Session) -> Result<Option<usize>, GatewayError> {
+    let req = session.req_header();
+    let limit = g.config.max_request_body_bytes;
+    // Pingora deletes Content-Length when Transfer-Encoding is present (and then reads the
+    // body as chunked); a request carrying both is a smuggling attempt, so look at the raw
+    // header bytes, where the deleted line still is.
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) && session.as_downstream().as_http1().is_some() {
+        let raw = session.as_downstream().to_h1_raw();
+        let has_cl = raw
+            .split(|&b| b == b'\n')
+            .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"));
+        if has_cl {
+            return Err(GatewayError::BadRequest("both Content-Length and Transfer-Encoding".into()));
+        }
+    }
+    let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let Some(value) = lengths.next() else { return Ok(None) };
+    if lengths.next().is_some() {
+        return Err(GatewayError::BadRequest("more than one Content-Length header".into()));
+    }
+    let text = value.to_str().unwrap_or("");
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(GatewayError::BadRequest("Content-Length is not a number".into()));
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n <= limit as u64 => Ok(Some(n as usize)),
+        _ => Err(GatewayError::BodyTooLarge { limit }),
+    }
+}
+
+/// Step 4: the whole body, Content-Length or chunked, up to the limit.
+async fn read_body(g: &Generation, session: &mut Session, declared: Option<usize>) -> Result<Bytes, GatewayError> {
+    let limit = g.config.max_request_body_bytes;
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // Answer 100 only now that the caller is authenticated, routed and within limits.
+        // Pingora would close the connection after a 100 sent before the body is read
+        // unless told the body will be read in full (PINGORA_NOTES §7).
+        session.as_downstream_mut().set_close_on_response_before_downstream_finish(false);
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|e| GatewayError::BadRequest(format!("cannot send 100 Continue: {}", e.etype().as_str())))?;
+    }
+    let read = async {
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| GatewayError::BadRequest(format!("reading request body: {}", e.etype().as_str())))?
+        {
+            if buf.len() + chunk.len() > limit {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    let result = tokio::time::timeout(REQUEST_BODY_TIMEOUT, read).await.unwrap_or_else(|_| {
+        Err(GatewayError::BadRequest(format!(
+            "request body not received within {} s",
+            REQUEST_BODY_TIMEOUT.as_secs()
+        )))
+    });
+    if expects_continue {
+        session.as_downstream_mut().set_close_on_response_before_downstream_finish(true);
+    }
+    result
+}
+
+/// Step 5: the five signature headers over the exact body bytes.
+fn sign(tenant: &Tenant, request_id: &str, now: u64, body: &[u8]) -> SignedHeaders {
+    let create_ts = now.to_string();
+    let input = SigningInput { body, create_ts: &create_ts, request_id, uuid: &tenant.uuid };
+    signing::signed_headers(&tenant.secret, tenant.algorithm, &input)
+}
+
+/// The header sent upstream: the caller's end-to-end headers, then Host, signature and
+/// framing headers set by the gateway.
+fn upstream_request(
+    g: &Generation,
+    req: &RequestHeader,
+    target: &str,
+    signed: &SignedHeaders,
+    body_len: usize,
+) -> Result<RequestHeader, GatewayError> {
+    let internal = |e: Box<pingora::Error>| GatewayError::BadRequest(format!("cannot build upstream request: {e}"));
+    let mut h = RequestHeader::build(req.method.clone(), target.as_bytes(), Some(req.headers.len() + 7))
+        .map_err(internal)?;
+    for (name, value) in headers::forwardable_request_headers(&req.headers) {
+        h.append_header(name.clone(), value.clone()).map_err(internal)?;
+    }
+    h.insert_header(http::header::HOST, g.upstream.authority()).map_err(internal)?;
+    for (name, value) in signed.pairs() {
+        h.insert_header(name, value).map_err(internal)?;
+    }
+    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).map_err(internal)?;
+    Ok(h)
+}
+
+/// Step 6: verify the response according to `verify.mode`.
+fn check_response(
+    g: &Generation,
+    tenant: &Tenant,
+    signed: &SignedHeaders,
+    response: &UpstreamResponse,
+) -> Result<VerifyOutcome, GatewayError> {
+    let mode = g.config.verify_mode;
+    if mode == VerifyMode::Off {
+        return Ok(VerifyOutcome::NotChecked);
+    }
+    let expect = Expectation {
+        request_id: &signed.request_id,
+        uuid: &tenant.uuid,
+        algorithm: signed.algorithm,
+        secret: &tenant.secret,
+        max_clock_skew_secs: g.config.max_clock_skew_secs,
+        now: now_unix().as_secs(),
+    };
+    let failure: VerifyFailure = match verify::verify_response(&expect, &response.header.headers, &response.body) {
+        Ok(()) => return Ok(VerifyOutcome::Passed),
+        Err(f) => f,
+    };
+    let upstream_status = response.header.status.as_u16();
+    if mode == VerifyMode::Report {
+        tracing::warn!(
+            tenant = %tenant.name,
+            request_id = %signed.request_id,
+            reason = failure.reason(),
+            upstream_status,
+            "upstream response failed verification; passed on because verify.mode is report"
+        );
+        return Ok(VerifyOutcome::Reported(failure.reason()));
+    }
+    Err(GatewayError::BadUpstreamSignature { failure, upstream_status })
+}
+
+/// Step 7: the verified upstream response, reframed for the caller.
+fn caller_reply(response: UpstreamResponse, request_id: &str) -> Reply {
+    let mut h = response.header;
+    for name in headers::unforwardable_response_headers(&h.headers) {
+        h.remove_header(&name);
+    }
+    finish_header(&mut h, request_id, response.body.len());
+    Reply { header: h, body: response.body }
+}
+
+/// The one place a `GatewayError` is turned into a response.
+fn error_reply(e: &GatewayError, ctx: &mut RequestCtx) -> Reply {
+    ctx.error_kind = Some(e.kind());
+    if e.status() >= 500 {
+        tracing::warn!(request_id = %ctx.request_id, tenant = ctx.tenant.as_deref().unwrap_or("-"), kind = e.kind(), error = %e, "gateway error");
+    } else {
+        tracing::debug!(request_id = %ctx.request_id, kind = e.kind(), error = %e, "request refused");
+    }
+    let rendered = ErrorResponse::new(e, &ctx.request_id, now_unix().as_millis() as u64);
+    let mut h = ResponseHeader::build(rendered.status, Some(4)).expect("contract statuses are valid");
+    h.insert_header(http::header::CONTENT_TYPE, "application/json").expect("static header");
+    h.insert_header(ERROR_KIND_HEADER, rendered.kind).expect("static header");
+    finish_header(&mut h, &ctx.request_id, rendered.body.len());
+    Reply { header: h, body: rendered.body }
+}
+
+fn finish_header(h: &mut ResponseHeader, request_id: &str, body_len: usize) {
+    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).expect("number is a valid header");
+    h.insert_header(REQUEST_ID_HEADER, request_id).expect("hex id is a valid header");
+}
+
+async fn write_reply(session: &mut Session, reply: Reply, head_request: bool) -> pingora::Result<()> {
+    if head_request || reply.body.is_empty() {
+        session.write_response_header(Box::new(reply.header), true).await
+    } else {
+        session.write_response_header(Box::new(reply.header), false).await?;
+        session.write_response_body(Some(reply.body), true).await
+    }
+}
