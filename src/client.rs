@@ -95,6 +95,21 @@ impl Connection {
         }
     }
 
+    /// Reads an interim (1xx) response, which has no body, and returns its status.
+    pub fn read_interim(&mut self) -> std::io::Result<u16> {
+        loop {
+            let mut slots = [httparse::EMPTY_HEADER; 16];
+            let mut parsed = httparse::Response::new(&mut slots);
+            let status = parsed.parse(&self.buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            if let httparse::Status::Complete(head) = status {
+                let code = parsed.code.unwrap_or(0);
+                self.buf.drain(..head);
+                return Ok(code);
+            }
+            self.fill()?;
+        }
+    }
+
     fn fill(&mut self) -> std::io::Result<()> {
         let mut chunk = [0u8; 16 * 1024];
         let n = self.stream.read(&mut chunk)?;
