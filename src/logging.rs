@@ -1,7 +1,15 @@
 //! Log output: `tracing` events as text or JSON lines on stderr, filtered by `RUST_LOG`.
+//!
+//! Pingora's own DEBUG and TRACE events print whole request headers, `Authorization`
+//! (a client key) included, so events from `pingora*` targets above INFO are dropped
+//! whatever `RUST_LOG` asks for. The suite's trace-level secret scan holds this in place.
 
 use clap::ValueEnum;
-use tracing_subscriber::EnvFilter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 /// Output format of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -13,18 +21,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether an event may be written at all (before `RUST_LOG` filtering).
+pub fn is_safe_to_log(meta: &Metadata<'_>) -> bool {
+    !(meta.target().starts_with("pingora") && *meta.level() > Level::INFO)
+}
+
 /// Installs the global subscriber; `RUST_LOG` overrides `default_filter`.
 pub fn init(format: LogFormat, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let output = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
     // A second init (tests, demo) keeps the first subscriber; nothing else to do.
-    let _ = result;
+    let _ = tracing_subscriber::registry()
+        .with(output.with_filter(filter).with_filter(filter_fn(is_safe_to_log)))
+        .try_init();
 }

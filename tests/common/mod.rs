@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use nxgate::client::{self, Connection, Response};
+pub use nxgate::client::{self, Response};
+#[allow(unused_imports)]
+pub use nxgate::client::Connection;
 use nxgate::emulator::{self, EmulatorConfig, Fault};
 use nxgate::secret::Secret;
 
