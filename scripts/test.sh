@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, integration (real binary against the emulator), CLI,
+# and secret scans. Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+cargo build --locked --all-targets
+cargo test --locked --all-targets -- --test-threads="${NXGATE_TEST_THREADS:-4}"
