@@ -109,6 +109,8 @@ mod tests {
             algorithm: Algorithm::Md5,
             client_key_hashes: keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect(),
             secret_source: "test".into(),
+            rate_limit: None,
+            max_in_flight: None,
         }
     }
 

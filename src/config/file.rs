@@ -31,6 +31,70 @@ pub struct FileConfig {
     pub default_tenant: Option<String>,
     /// The accounts this gateway signs for.
     pub tenants: Vec<TenantFile>,
+    /// Admin endpoints (health, readiness, metrics, reload); `null` disables them.
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: Option<String>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    /// Where rate-limit state lives.
+    #[serde(default)]
+    pub rate_limit_backend: RateLimitBackendFile,
+}
+
+/// Where rate-limit state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKind {
+    /// In this process (each replica limits on its own).
+    #[default]
+    Local,
+    /// In Redis (the limit holds for the whole fleet).
+    Redis,
+}
+
+/// What to do with a request when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    /// Limit with this process's local limiter meanwhile.
+    #[default]
+    LocalFallback,
+    /// Refuse the request (429).
+    Deny,
+    /// Admit the request unlimited.
+    Allow,
+}
+
+/// `rate_limit_backend:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitBackendFile {
+    /// `"local"` or `"redis"`.
+    #[serde(default)]
+    pub kind: RateLimitKind,
+    /// Redis URL, used when `kind` is `"redis"`.
+    #[serde(default = "defaults::redis_url")]
+    pub redis_url: String,
+    /// `"local_fallback"`, `"deny"` or `"allow"`.
+    #[serde(default)]
+    pub on_redis_error: OnRedisError,
+}
+
+impl Default for RateLimitBackendFile {
+    fn default() -> Self {
+        RateLimitBackendFile { kind: RateLimitKind::Local, redis_url: defaults::redis_url(), on_redis_error: OnRedisError::LocalFallback }
+    }
+}
+
+/// A tenant's `rate_limit:` (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests that may arrive at once after an idle period.
+    pub burst: u32,
 }
 
 /// `upstream:`.
@@ -169,6 +233,12 @@ pub struct TenantFile {
     /// sha256 (lowercase hex) of each client key that selects this tenant.
     #[serde(default)]
     pub client_keys_sha256: Vec<String>,
+    /// GCRA rate limit; absent = unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitFile>,
+    /// Most concurrent requests for this tenant; absent = unlimited.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     /// Inline secrets are refused. The value is read into `IgnoredAny`, so it is never kept,
     /// and the refusal can name the field instead of calling it merely "unknown".
     #[serde(default, alias = "secretKey", alias = "secret_key")]
@@ -200,6 +270,18 @@ pub mod defaults {
     /// `verify.max_clock_skew_secs`.
     pub fn max_clock_skew_secs() -> u64 {
         300
+    }
+    /// `admin_listen`.
+    pub fn admin_listen() -> Option<String> {
+        Some("127.0.0.1:9090".to_owned())
+    }
+    /// `shutdown_grace_secs`.
+    pub fn shutdown_grace_secs() -> u64 {
+        30
+    }
+    /// `rate_limit_backend.redis_url`.
+    pub fn redis_url() -> String {
+        "redis://127.0.0.1:6379/0".to_owned()
     }
     /// `routes.allow_prefixes`.
     pub fn allow_prefixes() -> Vec<String> {

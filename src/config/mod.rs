@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use file::VerifyMode;
+pub use file::{OnRedisError, RateLimitKind, VerifyMode};
 use file::{FileConfig, TenantFile};
 
 use crate::secret::Secret;
@@ -90,6 +90,32 @@ pub struct GatewayConfig {
     pub tenants: Vec<Tenant>,
     /// Index into `tenants` of the default tenant.
     pub default_tenant: Option<usize>,
+    /// Admin listener address, if enabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// Drain time allowed on SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// Where rate-limit state lives.
+    pub rate_limit_backend: RateLimitBackend,
+}
+
+/// The validated `rate_limit_backend:` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitBackend {
+    /// Local or Redis.
+    pub kind: RateLimitKind,
+    /// Redis URL (validated when `kind` is Redis). May hold a password: never log it.
+    pub redis_url: String,
+    /// Policy when Redis cannot answer.
+    pub on_redis_error: OnRedisError,
+}
+
+/// A tenant's GCRA limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    /// Sustained requests per second (> 0).
+    pub per_second: u32,
+    /// Burst size (> 0).
+    pub burst: u32,
 }
 
 /// The validated `upstream:` block.
@@ -126,6 +152,10 @@ pub struct Tenant {
     pub algorithm: Algorithm,
     /// sha256 digests of the client keys that select this tenant.
     pub client_key_hashes: Vec<[u8; 32]>,
+    /// GCRA limit; `None` = unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Concurrency cap; `None` = unlimited.
+    pub max_in_flight: Option<u32>,
     /// Where the secret came from (`env NAME` or `file PATH`), for summaries; never the value.
     pub secret_source: String,
 }
@@ -238,10 +268,40 @@ pub fn validate(
         }
     };
 
+    let admin_listen = match &file.admin_listen {
+        None => None,
+        Some(a) => match a.parse::<SocketAddr>() {
+            Ok(addr) if listen.contains(&addr) => {
+                p.add("admin_listen", "must differ from every proxy listen address");
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                p.add("admin_listen", format!("{a:?} is not an IP:port address"));
+                None
+            }
+        },
+    };
+    let backend = &file.rate_limit_backend;
+    if backend.kind == RateLimitKind::Redis {
+        match backend.redis_url.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("redis" | "rediss")) && u.host().is_some() => {}
+            // The URL may carry a password: do not echo it.
+            _ => p.add("rate_limit_backend.redis_url", "must be redis://[user:password@]host[:port][/db]"),
+        }
+    }
+
     if !p.0.is_empty() {
         return Err(p.0);
     }
     Ok(GatewayConfig {
+        admin_listen,
+        shutdown_grace: Duration::from_secs(file.shutdown_grace_secs),
+        rate_limit_backend: RateLimitBackend {
+            kind: backend.kind,
+            redis_url: backend.redis_url.clone(),
+            on_redis_error: backend.on_redis_error,
+        },
         listen,
         upstream: upstream.expect("no problems means the upstream validated"),
         max_request_body_bytes,
@@ -428,8 +488,21 @@ fn validate_tenants(
             }
             hashes.push(digest);
         }
+        let rate_limit = t.rate_limit.and_then(|r| {
+            if r.per_second == 0 || r.burst == 0 {
+                p.add(at("rate_limit"), "per_second and burst must both be greater than 0 (omit rate_limit for unlimited)");
+                None
+            } else {
+                Some(RateLimit { per_second: r.per_second, burst: r.burst })
+            }
+        });
+        if t.max_in_flight == Some(0) {
+            p.add(at("max_in_flight"), "must be greater than 0 (omit it for unlimited)");
+        }
         if let Some(secret) = secret {
             out.push(Tenant {
+                rate_limit,
+                max_in_flight: t.max_in_flight,
                 name: t.name.clone(),
                 uuid: t.uuid.clone(),
                 secret,

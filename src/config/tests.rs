@@ -48,6 +48,39 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!((c.upstream.host.as_str(), c.upstream.port), ("nxbot.nxcloud.com", 443));
     assert_eq!(c.tenants[0].algorithm, Algorithm::Md5);
     assert_eq!(c.tenants[0].secret.expose(), b"s3cr3t-value");
+    assert_eq!(c.tenants[0].rate_limit, None);
+    assert_eq!(c.tenants[0].max_in_flight, None);
+    assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.rate_limit_backend.kind, RateLimitKind::Local);
+    assert_eq!(c.rate_limit_backend.on_redis_error, OnRedisError::LocalFallback);
+}
+
+#[test]
+fn rate_limits_and_backend_are_validated() {
+    let with_tenant = |extra: &str| MINIMAL.replace("    secret_env: NXGATE_ACME_SECRET\n", &format!("    secret_env: NXGATE_ACME_SECRET\n{extra}"));
+    let c = load_text(&with_tenant("    rate_limit: { per_second: 50, burst: 100 }\n    max_in_flight: 256\n")).unwrap();
+    assert_eq!(c.tenants[0].rate_limit, Some(RateLimit { per_second: 50, burst: 100 }));
+    assert_eq!(c.tenants[0].max_in_flight, Some(256));
+    assert_problem(&with_tenant("    rate_limit: { per_second: 0, burst: 1 }\n"), "tenants[0].rate_limit");
+    assert_problem(&with_tenant("    max_in_flight: 0\n"), "tenants[0].max_in_flight");
+    assert!(load_text(&with_tenant("    rate_limit: { per_second: 1 }\n")).is_err());
+    let redis = |url: &str, policy: &str| {
+        format!("{MINIMAL}rate_limit_backend: {{ kind: \"redis\", redis_url: \"{url}\", on_redis_error: \"{policy}\" }}\n")
+    };
+    let c = load_text(&redis("redis://127.0.0.1:6380/2", "deny")).unwrap();
+    assert_eq!(c.rate_limit_backend.kind, RateLimitKind::Redis);
+    assert_eq!(c.rate_limit_backend.on_redis_error, OnRedisError::Deny);
+    let err = problems(&redis("http://user:pa55w0rd@x", "allow")).join("\n");
+    assert!(err.contains("rate_limit_backend.redis_url") && !err.contains("pa55w0rd"), "{err}");
+    assert!(load_text(&redis("redis://x", "sometimes")).is_err());
+}
+
+#[test]
+fn admin_listen_is_validated_and_can_be_disabled() {
+    assert_eq!(load_text(&format!("{MINIMAL}admin_listen: null\n")).unwrap().admin_listen, None);
+    assert_problem(&format!("{MINIMAL}admin_listen: \"nowhere\"\n"), "admin_listen");
+    assert_problem(&format!("{MINIMAL}admin_listen: \"127.0.0.1:8080\"\n"), "admin_listen");
 }
 
 /// The shipped example documents every default: loading it must give the same values as
@@ -70,6 +103,11 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(shipped.allow_prefixes, minimal.allow_prefixes);
     assert_eq!(shipped.default_tenant, minimal.default_tenant);
     assert_eq!(shipped.tenants[0].algorithm, minimal.tenants[0].algorithm);
+    assert_eq!(shipped.tenants[0].rate_limit, minimal.tenants[0].rate_limit);
+    assert_eq!(shipped.tenants[0].max_in_flight, minimal.tenants[0].max_in_flight);
+    assert_eq!(shipped.admin_listen, minimal.admin_listen);
+    assert_eq!(shipped.shutdown_grace, minimal.shutdown_grace);
+    assert_eq!(shipped.rate_limit_backend, minimal.rate_limit_backend);
 }
 
 #[test]

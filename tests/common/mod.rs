@@ -97,9 +97,15 @@ impl GatewayOptions {
 
     /// The config text, listening on `listen`.
     pub fn yaml(&self, listen: SocketAddr) -> String {
+        self.yaml_with_admin(listen, SocketAddr::from(([127, 0, 0, 1], client::free_port())))
+    }
+
+    /// The config text, with the admin listener on `admin`.
+    pub fn yaml_with_admin(&self, listen: SocketAddr, admin: SocketAddr) -> String {
         let default = self.default_tenant.map(|t| format!("default_tenant: {t}\n")).unwrap_or_default();
         format!(
             r#"listen: ["{listen}"]
+admin_listen: "{admin}"
 upstream:
   url: "{url}"
   connect_timeout_ms: 2000
@@ -145,8 +151,12 @@ pub fn log_dir() -> PathBuf {
 /// A running `nxgate run` process.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The admin listener, if the config has one.
+    pub admin: Option<SocketAddr>,
     child: Child,
     pub log_path: PathBuf,
+    /// The config file the process was started with (tests may rewrite it and reload).
+    pub config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -166,6 +176,11 @@ impl Gateway {
             .and_then(|l| l.split('"').next())
             .and_then(|a| a.parse().ok())
             .expect("config starts with listen: [\"ADDR\"]");
+        let admin: Option<SocketAddr> = yaml
+            .lines()
+            .find_map(|l| l.strip_prefix("admin_listen: \""))
+            .and_then(|l| l.split('"').next())
+            .and_then(|a| a.parse().ok());
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let log_path = log_dir().join(format!("{}-{n}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).unwrap();
@@ -180,12 +195,29 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("spawn nxgate");
-        let mut gw = Gateway { addr: listen, child, log_path, _dir: dir };
+        let mut gw = Gateway { addr: listen, admin, child, log_path, config_path: config, _dir: dir };
         if !client::wait_for_listener(listen, Duration::from_secs(20)) {
             let _ = gw.child.kill();
             panic!("gateway did not listen on {listen}; log:\n{}", gw.log());
         }
         gw
+    }
+
+    /// The process id, for signals and /proc measurements.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit on its own; `None` if it is still running after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn log(&self) -> String {
