@@ -28,12 +28,36 @@ pub enum Command {
         /// Config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Take over the listening sockets of the running instance (graceful upgrade:
+        /// start this, then send SIGQUIT to the old process).
+        #[arg(long)]
+        upgrade: bool,
+        /// Socket for the listener handover (default: nxgate-upgrade-<first listen port>.sock
+        /// in the temp directory).
+        #[arg(long)]
+        upgrade_sock: Option<PathBuf>,
     },
     /// Validate a config file and print a summary (no secrets); exit 0 if valid, 1 if not.
     Check {
         /// Config file.
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Prove each tenant's credentials: a signed, verified POST /callcentre/api/v3/ping.
+    /// Exit 0 if every tenant passed, 1 otherwise.
+    Ping {
+        /// Config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only this tenant (default: all).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Exit 0 if URL answers 200 (for container health checks; plain http only).
+    Healthcheck {
+        /// e.g. http://127.0.0.1:9090/healthz
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
     },
     /// Print the signature headers for the body on stdin (for debugging).
     Sign(SignArgs),

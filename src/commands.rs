@@ -7,14 +7,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::cli::{EmulatorArgs, SignArgs};
-use crate::config::{self, GatewayConfig};
+use crate::config::{self, GatewayConfig, Tenant, VerifyMode};
+use crate::exchange::{self, ExchangeReport, Outbound};
+use crate::generation::Generation;
 use crate::emulator::{self, EmulatorConfig};
 use crate::secret::Secret;
 use crate::signing::{self, Algorithm, SigningInput};
-use crate::{generation, server};
+use crate::server::{self, StartMode};
 
 /// `nxgate run`.
-pub fn run(path: &Path) -> ExitCode {
+pub fn run(path: &Path, mode: &StartMode) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -22,9 +24,12 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = server::check_bindable(&config.listen) {
-        eprintln!("{e}");
-        return ExitCode::FAILURE;
+    // An upgrading process takes its listeners over from the running one.
+    if !mode.upgrade {
+        if let Err(e) = server::check_bindable(&config) {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     }
     tracing::info!(
         listen = ?config.listen,
@@ -33,9 +38,106 @@ pub fn run(path: &Path) -> ExitCode {
         verify = config.verify_mode.as_str(),
         "nxgate starting"
     );
-    let listen = config.listen.clone();
-    server::serve(generation::live(config), &listen, server::StopHandle::default());
+    server::Gateway::build(config, path, mode).run();
     ExitCode::SUCCESS
+}
+
+/// The path `nxgate ping` calls.
+pub const PING_PATH: &str = "/callcentre/api/v3/ping";
+
+/// `nxgate ping`: one signed, verified ping per tenant, through the proxy's own exchange
+/// code, always in enforce mode (a ping that is not verified proves nothing).
+pub fn ping(path: &Path, only: Option<&str>) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let generation = Generation::new(config);
+    let tenants: Vec<Arc<Tenant>> = match only {
+        None => generation.tenants.all().to_vec(),
+        Some(name) => match generation.tenants.by_name(name) {
+            Some(t) => vec![t.clone()],
+            None => {
+                eprintln!("no tenant named {name:?}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for tenant in &tenants {
+        let outcome = rt.block_on(ping_one(&generation, tenant));
+        match outcome {
+            Ok(summary) => println!("{}: OK ({summary})", tenant.name),
+            Err(reason) => {
+                failed += 1;
+                println!("{}: FAILED: {reason}", tenant.name);
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn ping_one(g: &Generation, tenant: &Tenant) -> Result<String, String> {
+    let request_id = signing::new_request_id();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let out = Outbound { method: &http::Method::POST, target: PING_PATH, headers: &headers };
+    let body = bytes::Bytes::from_static(b"{}");
+    let mut report = ExchangeReport::default();
+    let started = std::time::Instant::now();
+    let response = exchange::signed_exchange(g, tenant, &request_id, out, &body, VerifyMode::Enforce, &mut report)
+        .await
+        .map_err(|e| format!("{} ({}, requestID {request_id})", e, e.kind()))?;
+    let status = response.header.status.as_u16();
+    let answer: serde_json::Value = serde_json::from_slice(&response.body)
+        .map_err(|_| format!("HTTP {status}, signed, but the body is not JSON (requestID {request_id})"))?;
+    if status != 200 || answer["code"] != 0 {
+        return Err(format!("HTTP {status}, code {}, msg {} (requestID {request_id})", answer["code"], answer["msg"]));
+    }
+    Ok(format!("HTTP 200, code 0, verified, {} ms, requestID {request_id}", started.elapsed().as_millis()))
+}
+
+/// `nxgate healthcheck`.
+pub fn healthcheck(url: &str) -> ExitCode {
+    let parsed = url.parse::<http::Uri>().ok().filter(|u| u.scheme_str() == Some("http"));
+    let Some(uri) = parsed else {
+        eprintln!("healthcheck takes an http:// URL");
+        return ExitCode::FAILURE;
+    };
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    let addr = match std::net::ToSocketAddrs::to_socket_addrs(&authority).ok().and_then(|mut a| a.next()) {
+        Some(a) => a,
+        None => {
+            eprintln!("cannot resolve {authority}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    match crate::client::request(addr, "GET", path, &[], b"") {
+        Ok(r) if r.status == 200 => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("{url}: HTTP {}", r.status);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A summary of a validated config with no secret in it.

@@ -15,9 +15,8 @@ use std::time::Duration;
 use crate::client;
 use crate::config;
 use crate::emulator::{self, EmulatorConfig, SAMPLE_SECRET, SAMPLE_UUID};
-use crate::generation;
 use crate::secret::Secret;
-use crate::server::{self, StopHandle};
+use crate::server::{Gateway, StartMode};
 
 const SECRET_ENV: &str = "NXGATE_DEMO_SECRET";
 
@@ -53,24 +52,26 @@ fn demo() -> Result<(), String> {
 
     let gw_addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], client::free_port()));
     let yaml = format!(
-        "listen: [\"{gw_addr}\"]\nupstream:\n  url: \"http://{emu_addr}\"\ndefault_tenant: demo\ntenants:\n  - name: demo\n    uuid: \"{SAMPLE_UUID}\"\n    secret_env: {SECRET_ENV}\n    algorithm: SHA256\n"
+        "listen: [\"{gw_addr}\"]\nupstream:\n  url: \"http://{emu_addr}\"\nadmin_listen: null\ndefault_tenant: demo\ntenants:\n  - name: demo\n    uuid: \"{SAMPLE_UUID}\"\n    secret_env: {SECRET_ENV}\n    algorithm: SHA256\n"
     );
     let env = HashMap::from([(SECRET_ENV.to_owned(), SAMPLE_SECRET.to_owned())]);
     let cfg = config::parse(&yaml, Path::new("demo.yaml"), &env).map_err(|e| e.to_string())?;
-    let stop = StopHandle::default();
-    let gateway = {
-        let stop = stop.clone();
-        let listen = cfg.listen.clone();
-        let live = generation::live(cfg);
-        std::thread::spawn(move || server::serve(live, &listen, stop))
-    };
+    // Pingora's server is built and run on its own thread; the lifecycle handle comes back
+    // so the demo can stop it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let gateway = std::thread::spawn(move || {
+        let gw = Gateway::build(cfg, Path::new("demo.yaml"), &StartMode::default());
+        let _ = tx.send(gw.lifecycle());
+        gw.run();
+    });
+    let lifecycle = rx.recv().map_err(|_| "gateway failed to start".to_owned())?;
     check(client::wait_for_listener(gw_addr, Duration::from_secs(10)), "gateway did not start listening")?;
 
     println!("emulator (stand-in for nxbot.nxcloud.com): http://{emu_addr}");
     println!("gateway:                                   http://{gw_addr}  (tenant 'demo', SHA256, sample credentials)\n");
 
     let result = show(gw_addr);
-    stop.stop();
+    lifecycle.stop_now();
     let _ = gateway.join();
     result
 }

@@ -25,6 +25,12 @@ pub struct Generation {
 impl Generation {
     /// Builds the request-time state for a validated config.
     pub fn new(config: GatewayConfig) -> Self {
+        Self::next(config, None)
+    }
+
+    /// Builds the generation that follows `previous` (on reload), carrying over the state
+    /// that must survive a reload.
+    pub fn next(config: GatewayConfig, _previous: Option<&Generation>) -> Self {
         let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
         let upstream = Upstream::new(config.upstream.clone());
         Generation { config, tenants, upstream }

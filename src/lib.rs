@@ -7,6 +7,7 @@
 //! stage; `emulator` and `demo` stand in for NXCloud.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -14,10 +15,14 @@ pub mod config;
 pub mod demo;
 pub mod emulator;
 pub mod errors;
+pub mod exchange;
 pub mod generation;
 pub mod headers;
+pub mod lifecycle;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -17,16 +17,18 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::config::{Tenant, VerifyMode};
+use crate::config::Tenant;
 use crate::errors::{ErrorResponse, GatewayError, ERROR_KIND_HEADER};
+use crate::exchange::{self, now_unix, ExchangeReport, Outbound};
 use crate::generation::{Generation, Live};
 use crate::headers::{self, REQUEST_ID_HEADER};
+use crate::lifecycle::{InFlight, Lifecycle};
+use crate::metrics::{Metrics, NO_TENANT};
 use crate::routes;
-use crate::signing::{self, SignedHeaders, SigningInput};
+use crate::signing;
 use crate::upstream::UpstreamResponse;
-use crate::verify::{self, Expectation, VerifyFailure};
 
 /// Idle time allowed between requests on a caller's keep-alive connection, and per read
 /// of the next request header (Pingora's HTTP/1.1 default would be to wait forever).
@@ -35,32 +37,6 @@ pub const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
 /// Time allowed to receive a whole request body, so a slow sender cannot hold a
 /// buffer and a task forever.
 pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What happened to a response's signature check; a bounded label for logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VerifyOutcome {
-    /// No upstream response was checked (the request failed earlier, or mode is `off`).
-    #[default]
-    NotChecked,
-    /// The response verified.
-    Passed,
-    /// The response failed and was refused (`enforce`).
-    Refused(&'static str),
-    /// The response failed but was passed on (`report`).
-    Reported(&'static str),
-}
-
-impl VerifyOutcome {
-    /// Label for logs and metrics.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            VerifyOutcome::NotChecked => "not_checked",
-            VerifyOutcome::Passed => "passed",
-            VerifyOutcome::Refused(_) => "refused",
-            VerifyOutcome::Reported(_) => "reported",
-        }
-    }
-}
 
 /// Per-request state, read by the access log.
 #[derive(Debug)]
@@ -73,46 +49,85 @@ pub struct RequestCtx {
     pub tenant: Option<String>,
     /// Status sent to the caller.
     pub status: u16,
-    /// Status the upstream sent, if it answered.
-    pub upstream_status: Option<u16>,
-    /// Time spent in the upstream exchange.
-    pub upstream_time: Option<Duration>,
+    /// Upstream status, timing and verification.
+    pub exchange: ExchangeReport,
     /// Request body bytes read from the caller.
     pub bytes_in: usize,
     /// Body bytes written to the caller.
     pub bytes_out: usize,
-    /// Response verification result.
-    pub verify: VerifyOutcome,
     /// Gateway error kind, if the gateway answered with an error.
     pub error_kind: Option<&'static str>,
+    /// Counts this request in flight (process-wide, for draining) until dropped, which
+    /// Pingora does after the response is flushed.
+    _in_flight: InFlight,
+    /// Counts this request in its tenant's `nxgate_in_flight` gauge until dropped.
+    tenant_gauge: Option<GaugeGuard>,
 }
 
-impl RequestCtx {
-    fn new() -> Self {
-        RequestCtx {
-            request_id: signing::new_request_id(),
-            started: Instant::now(),
-            tenant: None,
-            status: 0,
-            upstream_status: None,
-            upstream_time: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            verify: VerifyOutcome::NotChecked,
-            error_kind: None,
-        }
+/// Decrements a gauge when dropped.
+struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl std::fmt::Debug for GaugeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GaugeGuard")
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
     }
 }
 
 /// The Pingora application: nxgate's request path.
 pub struct NxGate {
     live: Live,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl NxGate {
     /// Serves requests with whatever generation `live` holds at each request's start.
-    pub fn new(live: Live) -> Self {
-        NxGate { live }
+    pub fn new(live: Live, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Self {
+        NxGate { live, metrics, lifecycle }
+    }
+
+    /// Counts the finished request in every metric it touches.
+    fn record(&self, ctx: &RequestCtx) {
+        let m = &self.metrics;
+        let tenant = ctx.tenant.as_deref().unwrap_or(NO_TENANT);
+        let status = ctx.status.to_string();
+        m.requests.with_label_values(&[tenant, &status, ctx.error_kind.unwrap_or("ok")]).inc();
+        m.request_duration.with_label_values(&[tenant]).observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(t) = ctx.exchange.upstream_time {
+            m.upstream_duration.with_label_values(&[tenant]).observe(t.as_secs_f64());
+        }
+        if let Some(reason) = ctx.exchange.verify.failure_reason() {
+            m.verify_failures.with_label_values(&[tenant, reason]).inc();
+        }
+        let upstream_error = match ctx.error_kind {
+            Some("upstream_unreachable") => Some("unreachable"),
+            Some("upstream_timeout") => Some("timeout"),
+            Some("upstream_response_too_large") => Some("too_large"),
+            Some("bad_upstream_response") => Some("malformed"),
+            _ => None,
+        };
+        if let Some(kind) = upstream_error {
+            m.upstream_errors.with_label_values(&[kind]).inc();
+        }
     }
 }
 
@@ -122,16 +137,24 @@ struct Reply {
     body: Bytes,
 }
 
-fn now_unix() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
-}
 
 #[async_trait]
 impl ProxyHttp for NxGate {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx {
+            request_id: signing::new_request_id(),
+            started: Instant::now(),
+            tenant: None,
+            status: 0,
+            exchange: ExchangeReport::default(),
+            bytes_in: 0,
+            bytes_out: 0,
+            error_kind: None,
+            _in_flight: self.lifecycle.request_started(),
+            tenant_gauge: None,
+        }
     }
 
     /// Runs the whole exchange and writes the caller's response itself.
@@ -139,7 +162,7 @@ impl ProxyHttp for NxGate {
         // One snapshot for the whole request: a reload mid-request changes nothing here.
         let generation = self.live.load_full();
         session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
-        let result = handle(&generation, session, ctx).await;
+        let result = handle(&generation, &self.metrics, session, ctx).await;
         let reply = match result {
             Ok(reply) => reply,
             Err(e) => error_reply(&e, ctx),
@@ -170,44 +193,36 @@ impl ProxyHttp for NxGate {
             method = %req.method,
             path = req.uri.path(),
             status = ctx.status,
-            upstream_status = ctx.upstream_status,
+            upstream_status = ctx.exchange.upstream_status,
             duration_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
-            upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+            upstream_ms = ctx.exchange.upstream_time.map(|d| d.as_secs_f64() * 1e3),
             bytes_in = ctx.bytes_in,
             bytes_out = ctx.bytes_out,
-            verify = ctx.verify.as_str(),
+            verify = ctx.exchange.verify.as_str(),
+            verify_failure = ctx.exchange.verify.failure_reason(),
             error_kind = ctx.error_kind,
             pingora_error = e.map(|e| e.etype().as_str()),
             "request"
         );
+        self.record(ctx);
     }
 }
 
 /// The request path proper. Each step may refuse the request with a `GatewayError`.
-async fn handle(g: &Generation, session: &mut Session, ctx: &mut RequestCtx) -> Result<Reply, GatewayError> {
+async fn handle(g: &Generation, metrics: &Metrics, session: &mut Session, ctx: &mut RequestCtx) -> Result<Reply, GatewayError> {
     let tenant = authenticate(g, session)?;
     ctx.tenant = Some(tenant.name.clone());
+    ctx.tenant_gauge = Some(GaugeGuard::new(metrics.in_flight.with_label_values(&[&tenant.name])));
     let target = route(g, session.req_header())?;
     let declared = check_framing(g, session)?;
     let body = read_body(g, session, declared).await?;
     ctx.bytes_in = body.len();
-    let now = now_unix().as_secs();
-    let signed = sign(&tenant, &ctx.request_id, now, &body);
-    let upstream_req = upstream_request(g, session.req_header(), &target, &signed, body.len())?;
 
-    let sent_at = Instant::now();
-    let result = g.upstream.send(&upstream_req, &body, g.config.max_response_body_bytes).await;
-    ctx.upstream_time = Some(sent_at.elapsed());
-    let response = result?;
-    ctx.upstream_status = Some(response.header.status.as_u16());
-
-    let verdict = check_response(g, &tenant, &signed, &response);
-    ctx.verify = match &verdict {
-        Ok(outcome) => *outcome,
-        Err(GatewayError::BadUpstreamSignature { failure, .. }) => VerifyOutcome::Refused(failure.reason()),
-        Err(_) => VerifyOutcome::NotChecked,
-    };
-    verdict?;
+    let req = session.req_header();
+    let out = Outbound { method: &req.method, target: &target, headers: &req.headers };
+    let response =
+        exchange::signed_exchange(g, &tenant, &ctx.request_id, out, &body, g.config.verify_mode, &mut ctx.exchange)
+            .await?;
     Ok(caller_reply(response, &ctx.request_id))
 }
 
@@ -308,74 +323,7 @@ async fn read_body(g: &Generation, session: &mut Session, declared: Option<usize
     result
 }
 
-/// Step 5: the five signature headers over the exact body bytes.
-fn sign(tenant: &Tenant, request_id: &str, now: u64, body: &[u8]) -> SignedHeaders {
-    let create_ts = now.to_string();
-    let input = SigningInput { body, create_ts: &create_ts, request_id, uuid: &tenant.uuid };
-    signing::signed_headers(&tenant.secret, tenant.algorithm, &input)
-}
-
-/// The header sent upstream: the caller's end-to-end headers, then Host, signature and
-/// framing headers set by the gateway.
-fn upstream_request(
-    g: &Generation,
-    req: &RequestHeader,
-    target: &str,
-    signed: &SignedHeaders,
-    body_len: usize,
-) -> Result<RequestHeader, GatewayError> {
-    let internal = |e: Box<pingora::Error>| GatewayError::BadRequest(format!("cannot build upstream request: {e}"));
-    let mut h = RequestHeader::build(req.method.clone(), target.as_bytes(), Some(req.headers.len() + 7))
-        .map_err(internal)?;
-    for (name, value) in headers::forwardable_request_headers(&req.headers) {
-        h.append_header(name.clone(), value.clone()).map_err(internal)?;
-    }
-    h.insert_header(http::header::HOST, g.upstream.authority()).map_err(internal)?;
-    for (name, value) in signed.pairs() {
-        h.insert_header(name, value).map_err(internal)?;
-    }
-    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).map_err(internal)?;
-    Ok(h)
-}
-
-/// Step 6: verify the response according to `verify.mode`.
-fn check_response(
-    g: &Generation,
-    tenant: &Tenant,
-    signed: &SignedHeaders,
-    response: &UpstreamResponse,
-) -> Result<VerifyOutcome, GatewayError> {
-    let mode = g.config.verify_mode;
-    if mode == VerifyMode::Off {
-        return Ok(VerifyOutcome::NotChecked);
-    }
-    let expect = Expectation {
-        request_id: &signed.request_id,
-        uuid: &tenant.uuid,
-        algorithm: signed.algorithm,
-        secret: &tenant.secret,
-        max_clock_skew_secs: g.config.max_clock_skew_secs,
-        now: now_unix().as_secs(),
-    };
-    let failure: VerifyFailure = match verify::verify_response(&expect, &response.header.headers, &response.body) {
-        Ok(()) => return Ok(VerifyOutcome::Passed),
-        Err(f) => f,
-    };
-    let upstream_status = response.header.status.as_u16();
-    if mode == VerifyMode::Report {
-        tracing::warn!(
-            tenant = %tenant.name,
-            request_id = %signed.request_id,
-            reason = failure.reason(),
-            upstream_status,
-            "upstream response failed verification; passed on because verify.mode is report"
-        );
-        return Ok(VerifyOutcome::Reported(failure.reason()));
-    }
-    Err(GatewayError::BadUpstreamSignature { failure, upstream_status })
-}
-
-/// Step 7: the verified upstream response, reframed for the caller.
+/// Step 5: the verified upstream response, reframed for the caller.
 fn caller_reply(response: UpstreamResponse, request_id: &str) -> Reply {
     let mut h = response.header;
     for name in headers::unforwardable_response_headers(&h.headers) {

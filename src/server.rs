@@ -1,84 +1,105 @@
-//! Process wiring: Pingora's server, listeners and lifecycle around the `NxGate` app.
+//! Process wiring: Pingora's server with the proxy, admin and housekeeping services.
 
-use async_trait::async_trait;
-use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::Notify;
 
-use crate::generation::Live;
+use crate::admin::{AdminApp, Housekeeping};
+use crate::config::GatewayConfig;
+use crate::generation;
+use crate::lifecycle::{Lifecycle, Signals};
+use crate::metrics::Metrics;
 use crate::proxy::NxGate;
+use crate::reload::Reloader;
 
-/// Seconds Pingora keeps serving in-flight requests after SIGTERM before its runtimes stop.
-pub const GRACE_PERIOD_SECS: u64 = 5;
-
-/// Seconds each runtime then gets to finish its tasks.
+/// Seconds each runtime gets to finish its tasks once the grace period is over.
 pub const RUNTIME_SHUTDOWN_SECS: u64 = 5;
 
-/// A way to stop a running gateway from inside the process (demo, tests).
-#[derive(Clone, Default)]
-pub struct StopHandle(Arc<Notify>);
-
-impl StopHandle {
-    /// Asks the server to stop at once.
-    pub fn stop(&self) {
-        self.0.notify_one();
-    }
+/// How a process starts: fresh, or taking over the listening sockets of a running one.
+#[derive(Debug, Clone, Default)]
+pub struct StartMode {
+    /// Take the listeners from the process listening on `upgrade_sock` (Pingora's
+    /// graceful upgrade: start the new process with this set, then SIGQUIT the old one).
+    pub upgrade: bool,
+    /// The socket the listeners are handed over on; see [`default_upgrade_sock`].
+    pub upgrade_sock: Option<PathBuf>,
 }
 
-/// SIGTERM / SIGINT drain gracefully, SIGQUIT hands the listeners to a new process
-/// (Pingora's graceful upgrade), and a `StopHandle` stops at once.
-struct Signals(StopHandle);
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop with the stop handle only");
-            self.0 .0.notified().await;
-            return ShutdownSignal::FastShutdown;
-        };
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: draining"); ShutdownSignal::GracefulTerminate }
-            _ = int.recv() => { tracing::info!("SIGINT: draining"); ShutdownSignal::GracefulTerminate }
-            _ = quit.recv() => { tracing::info!("SIGQUIT: graceful upgrade"); ShutdownSignal::GracefulUpgrade }
-            _ = self.0 .0.notified() => ShutdownSignal::FastShutdown,
-        }
-    }
+/// The default handover socket: stable across restarts of one instance (it is named for
+/// the first listen port), distinct between instances on one host.
+pub fn default_upgrade_sock(config: &GatewayConfig) -> PathBuf {
+    let port = config.listen.first().map_or(0, |a| a.port());
+    std::env::temp_dir().join(format!("nxgate-upgrade-{port}.sock"))
 }
 
 /// Checks up front that every listen address can be bound, because Pingora binds inside a
 /// spawned task and only logs a failure there while the process keeps running.
-pub fn check_bindable(addrs: &[SocketAddr]) -> Result<(), String> {
-    for a in addrs {
+pub fn check_bindable(config: &GatewayConfig) -> Result<(), String> {
+    for a in config.listen.iter().chain(config.admin_listen.iter()) {
         std::net::TcpListener::bind(a).map_err(|e| format!("cannot listen on {a}: {e}"))?;
     }
     Ok(())
 }
 
-/// Builds the Pingora server for `live` and runs it until a signal or `stop`. Blocks.
-pub fn serve(live: Live, listen: &[SocketAddr], stop: StopHandle) {
-    let conf = ServerConf {
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        grace_period_seconds: Some(GRACE_PERIOD_SECS),
-        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
-        // Unique per process so several gateways on one host never share them.
-        pid_file: std::env::temp_dir().join(format!("nxgate-{}.pid", std::process::id())).display().to_string(),
-        upgrade_sock: std::env::temp_dir().join(format!("nxgate-upgrade-{}.sock", std::process::id())).display().to_string(),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, NxGate::new(live), "nxgate");
-    for addr in listen {
-        proxy.add_tcp(&addr.to_string());
+/// A built, not yet running gateway.
+pub struct Gateway {
+    server: Server,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl Gateway {
+    /// Builds every service for `config`; `config_path` is what reloads read.
+    pub fn build(config: GatewayConfig, config_path: &Path, mode: &StartMode) -> Self {
+        let upgrade_sock = mode.upgrade_sock.clone().unwrap_or_else(|| default_upgrade_sock(&config));
+        let conf = ServerConf {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
+            pid_file: std::env::temp_dir().join(format!("nxgate-{}.pid", std::process::id())).display().to_string(),
+            upgrade_sock: upgrade_sock.display().to_string(),
+            ..ServerConf::default()
+        };
+        let opt = Opt { upgrade: mode.upgrade, ..Opt::default() };
+        let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+        server.bootstrap();
+
+        let metrics = Arc::new(Metrics::new());
+        let lifecycle = Lifecycle::new(config.shutdown_grace, metrics.clone());
+        let listen: Vec<SocketAddr> = config.listen.clone();
+        let admin_listen = config.admin_listen;
+        let live = generation::live(config);
+        let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone()));
+
+        let app = NxGate::new(live, metrics.clone(), lifecycle.clone());
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, app, "nxgate");
+        for addr in &listen {
+            proxy.add_tcp(&addr.to_string());
+        }
+        server.add_service(proxy);
+
+        if let Some(addr) = admin_listen {
+            let admin = AdminApp { lifecycle: lifecycle.clone(), metrics, reloader: reloader.clone() };
+            let mut svc = Service::new("nxgate admin".to_owned(), admin);
+            svc.add_tcp(&addr.to_string());
+            server.add_service(svc);
+        }
+        let housekeeping = Housekeeping { listen, lifecycle: lifecycle.clone(), reloader };
+        server.add_service(background_service("housekeeping", housekeeping));
+        Gateway { server, lifecycle }
     }
-    server.add_service(proxy);
-    server.run(RunArgs { shutdown_signal: Box::new(Signals(stop)) });
+
+    /// The lifecycle handle (readiness, draining, stop).
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        self.lifecycle.clone()
+    }
+
+    /// Runs until a signal (or `Lifecycle::stop_now`). Blocks.
+    pub fn run(self) {
+        let signals = Signals(self.lifecycle.clone());
+        self.server.run(RunArgs { shutdown_signal: Box::new(signals) });
+    }
 }

@@ -167,6 +167,11 @@ impl Gateway {
 
     /// Starts a gateway from full config text (whose first listen address is used).
     pub fn start_yaml(yaml: &str) -> Self {
+        Self::start_with_args(yaml, &[])
+    }
+
+    /// Like `start_yaml`, with extra global CLI arguments (e.g. `--log-format json`).
+    pub fn start_with_args(yaml: &str, extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("nxgate.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -185,6 +190,7 @@ impl Gateway {
         let log_path = log_dir().join(format!("{}-{n}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nxgate"))
+            .args(extra_args)
             .args(["run", "-c"])
             .arg(&config)
             .env("NXGATE_TEST_SECRET_A", SECRET_A)
@@ -218,6 +224,43 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap().success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// GET on the admin listener.
+    pub fn admin_get(&self, path: &str) -> std::io::Result<Response> {
+        client::request(self.admin.expect("config has admin_listen"), "GET", path, &[], b"")
+    }
+
+    /// POST on the admin listener.
+    pub fn admin_post(&self, path: &str) -> std::io::Result<Response> {
+        client::request(self.admin.expect("config has admin_listen"), "POST", path, &[], b"")
+    }
+
+    /// The value of one metric series from `/metrics` (exact name and label text), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = String::from_utf8(self.admin_get("/metrics").unwrap().body).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.admin_get("/readyz").map(|r| r.status == 200).unwrap_or(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway never became ready; log:\n{}", self.log());
     }
 
     pub fn log(&self) -> String {
