@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+# Rate-limit tests run a real redis-server on a loopback port.
+nxgate_install redis-server:redis-server
 cargo build --locked --all-targets
 cargo test --locked --all-targets -- --test-threads="${NXGATE_TEST_THREADS:-4}"

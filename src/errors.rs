@@ -30,6 +30,18 @@ pub enum GatewayError {
         /// The configured limit.
         limit: usize,
     },
+    /// The tenant is over its rate limit.
+    #[error("rate limit exceeded; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Whole seconds until a request will be admitted (the `Retry-After` value).
+        retry_after_secs: u64,
+    },
+    /// The tenant already has `max_in_flight` requests in progress.
+    #[error("too many requests in flight for this tenant (limit {limit})")]
+    Overloaded {
+        /// The configured cap.
+        limit: u32,
+    },
     /// The upstream could not be reached (refused, reset, TLS failure, DNS).
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -77,6 +89,8 @@ impl GatewayError {
             GatewayError::Unauthenticated(_) => (401, 40101, "unauthenticated"),
             GatewayError::RouteNotAllowed => (404, 40401, "route_not_allowed"),
             GatewayError::BodyTooLarge { .. } => (413, 41301, "body_too_large"),
+            GatewayError::RateLimited { .. } => (429, 42901, "rate_limited"),
+            GatewayError::Overloaded { .. } => (429, 42902, "overloaded"),
             GatewayError::UpstreamUnreachable(_) => (502, 50201, "upstream_unreachable"),
             GatewayError::BadUpstreamSignature { .. } => (502, 50202, "bad_upstream_signature"),
             GatewayError::UpstreamResponseTooLarge { .. } => (502, 50203, "upstream_response_too_large"),
@@ -126,6 +140,8 @@ mod tests {
             GatewayError::Unauthenticated("no key"),
             GatewayError::RouteNotAllowed,
             GatewayError::BodyTooLarge { limit: 1 },
+            GatewayError::RateLimited { retry_after_secs: 1 },
+            GatewayError::Overloaded { limit: 1 },
             GatewayError::UpstreamUnreachable("refused".into()),
             GatewayError::BadUpstreamSignature {
                 failure: VerifyFailure::SignatureMismatch,
@@ -147,6 +163,8 @@ mod tests {
                 (401, 40101, "unauthenticated"),
                 (404, 40401, "route_not_allowed"),
                 (413, 41301, "body_too_large"),
+                (429, 42901, "rate_limited"),
+                (429, 42902, "overloaded"),
                 (502, 50201, "upstream_unreachable"),
                 (502, 50202, "bad_upstream_signature"),
                 (502, 50203, "upstream_response_too_large"),

@@ -9,6 +9,8 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 
 use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
+use crate::ratelimit::Admission;
 use crate::tenants::TenantDirectory;
 use crate::upstream::Upstream;
 
@@ -20,27 +22,30 @@ pub struct Generation {
     pub tenants: TenantDirectory,
     /// Upstream connector, pool and trust roots.
     pub upstream: Upstream,
+    /// Per-tenant rate limits and concurrency caps.
+    pub admission: Admission,
 }
 
 impl Generation {
     /// Builds the request-time state for a validated config.
     pub fn new(config: GatewayConfig) -> Self {
-        Self::next(config, None)
+        Self::next(config, None, None)
     }
 
     /// Builds the generation that follows `previous` (on reload), carrying over the state
     /// that must survive a reload.
-    pub fn next(config: GatewayConfig, _previous: Option<&Generation>) -> Self {
+    pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Option<Arc<Metrics>>) -> Self {
         let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
         let upstream = Upstream::new(config.upstream.clone());
-        Generation { config, tenants, upstream }
+        let admission = Admission::new(&config, previous.map(|p| &p.admission), metrics);
+        Generation { config, tenants, upstream, admission }
     }
 }
 
 /// The generation requests use now; replaced whole on reload.
 pub type Live = Arc<ArcSwap<Generation>>;
 
-/// A `Live` handle holding `config`.
-pub fn live(config: GatewayConfig) -> Live {
-    Arc::new(ArcSwap::from_pointee(Generation::new(config)))
+/// A `Live` handle holding `config`, counting into `metrics`.
+pub fn live(config: GatewayConfig, metrics: Arc<Metrics>) -> Live {
+    Arc::new(ArcSwap::from_pointee(Generation::next(config, None, Some(metrics))))
 }

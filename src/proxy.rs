@@ -1,6 +1,6 @@
 //! The request path, top to bottom in the order a request travels:
-//! authenticate → route → frame → read body → sign → forward → read response → verify →
-//! respond.
+//! authenticate → route → frame → admit (concurrency, rate) → read body → sign → forward →
+//! read response → verify → respond.
 //!
 //! Everything happens inside Pingora's `request_filter`, which then returns `Ok(true)`
 //! ("response already sent"). Pingora's own upstream phases never run: they would send
@@ -26,6 +26,7 @@ use crate::generation::{Generation, Live};
 use crate::headers::{self, REQUEST_ID_HEADER};
 use crate::lifecycle::{InFlight, Lifecycle};
 use crate::metrics::{Metrics, NO_TENANT};
+use crate::ratelimit::{self, InFlightSlot, RateDecision, RateState};
 use crate::routes;
 use crate::signing;
 use crate::upstream::UpstreamResponse;
@@ -62,6 +63,10 @@ pub struct RequestCtx {
     _in_flight: InFlight,
     /// Counts this request in its tenant's `nxgate_in_flight` gauge until dropped.
     tenant_gauge: Option<GaugeGuard>,
+    /// Holds one of the tenant's `max_in_flight` slots until dropped.
+    tenant_slot: Option<InFlightSlot>,
+    /// The tenant's rate-limit state, for the `RateLimit*` headers.
+    rate_state: Option<RateState>,
 }
 
 /// Decrements a gauge when dropped.
@@ -154,6 +159,8 @@ impl ProxyHttp for NxGate {
             error_kind: None,
             _in_flight: self.lifecycle.request_started(),
             tenant_gauge: None,
+            tenant_slot: None,
+            rate_state: None,
         }
     }
 
@@ -163,10 +170,15 @@ impl ProxyHttp for NxGate {
         let generation = self.live.load_full();
         session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
         let result = handle(&generation, &self.metrics, session, ctx).await;
-        let reply = match result {
+        let mut reply = match result {
             Ok(reply) => reply,
             Err(e) => error_reply(&e, ctx),
         };
+        if let Some(state) = &ctx.rate_state {
+            let h = &mut reply.header;
+            h.insert_header("RateLimit-Policy", ratelimit::policy_header(&state.limit)).expect("ascii");
+            h.insert_header("RateLimit", ratelimit::state_header(state)).expect("ascii");
+        }
         ctx.status = reply.header.status.as_u16();
         let head_request = session.req_header().method == http::Method::HEAD;
         let body_len = reply.body.len();
@@ -215,6 +227,14 @@ async fn handle(g: &Generation, metrics: &Metrics, session: &mut Session, ctx: &
     ctx.tenant_gauge = Some(GaugeGuard::new(metrics.in_flight.with_label_values(&[&tenant.name])));
     let target = route(g, session.req_header())?;
     let declared = check_framing(g, session)?;
+    if let Err(refused) = admit(g, &tenant, ctx).await {
+        // A limited caller retries: read its body (bounded as always) so its keep-alive
+        // connection survives the 429 instead of being closed with an unread body.
+        if !expects_continue(session) {
+            let _ = read_body(g, session, declared).await;
+        }
+        return Err(refused);
+    }
     let body = read_body(g, session, declared).await?;
     ctx.bytes_in = body.len();
 
@@ -278,14 +298,32 @@ fn check_framing(g: &Generation, session: &Session) -> Result<Option<usize>, Gat
     }
 }
 
-/// Step 4: the whole body, Content-Length or chunked, up to the limit.
+/// Step 4: the tenant's concurrency cap, then its rate limit. A refused request is never
+/// read, signed or forwarded, and costs no other tenant anything.
+async fn admit(g: &Generation, tenant: &Tenant, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let admission = &g.admission;
+    let Some(slot) = admission.try_enter(&tenant.name) else {
+        admission.count_refusal(&tenant.name, "in_flight");
+        return Err(GatewayError::Overloaded { limit: tenant.max_in_flight.unwrap_or(0) });
+    };
+    ctx.tenant_slot = Some(slot);
+    match admission.check_rate(&tenant.name).await {
+        RateDecision::Allowed(state) => {
+            ctx.rate_state = state;
+            Ok(())
+        }
+        RateDecision::Limited { retry_after, state } => {
+            ctx.rate_state = Some(state);
+            admission.count_refusal(&tenant.name, "rate");
+            Err(GatewayError::RateLimited { retry_after_secs: ratelimit::ceil_secs(retry_after).max(1) })
+        }
+    }
+}
+
+/// Step 5: the whole body, Content-Length or chunked, up to the limit.
 async fn read_body(g: &Generation, session: &mut Session, declared: Option<usize>) -> Result<Bytes, GatewayError> {
     let limit = g.config.max_request_body_bytes;
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue = expects_continue(session);
     if expects_continue {
         // Answer 100 only now that the caller is authenticated, routed and within limits.
         // Pingora would close the connection after a 100 sent before the body is read
@@ -323,7 +361,15 @@ async fn read_body(g: &Generation, session: &mut Session, declared: Option<usize
     result
 }
 
-/// Step 5: the verified upstream response, reframed for the caller.
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Step 6: the verified upstream response, reframed for the caller.
 fn caller_reply(response: UpstreamResponse, request_id: &str) -> Reply {
     let mut h = response.header;
     for name in headers::unforwardable_response_headers(&h.headers) {
@@ -345,6 +391,9 @@ fn error_reply(e: &GatewayError, ctx: &mut RequestCtx) -> Reply {
     let mut h = ResponseHeader::build(rendered.status, Some(4)).expect("contract statuses are valid");
     h.insert_header(http::header::CONTENT_TYPE, "application/json").expect("static header");
     h.insert_header(ERROR_KIND_HEADER, rendered.kind).expect("static header");
+    if let GatewayError::RateLimited { retry_after_secs } = e {
+        h.insert_header(http::header::RETRY_AFTER, retry_after_secs.to_string()).expect("number");
+    }
     finish_header(&mut h, &ctx.request_id, rendered.body.len());
     Reply { header: h, body: rendered.body }
 }

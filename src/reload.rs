@@ -58,7 +58,7 @@ impl Reloader {
         };
         unchanged("listen", &current.config.listen as &Vec<SocketAddr>, &next.listen)?;
         unchanged("admin_listen", &current.config.admin_listen, &next.admin_listen)?;
-        let generation = Generation::next(next, Some(&current));
+        let generation = Generation::next(next, Some(&current), Some(self.metrics.clone()));
         self.live.store(Arc::new(generation));
         Ok(())
     }

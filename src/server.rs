@@ -71,7 +71,7 @@ impl Gateway {
         let lifecycle = Lifecycle::new(config.shutdown_grace, metrics.clone());
         let listen: Vec<SocketAddr> = config.listen.clone();
         let admin_listen = config.admin_listen;
-        let live = generation::live(config);
+        let live = generation::live(config, metrics.clone());
         let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone()));
 
         let app = NxGate::new(live, metrics.clone(), lifecycle.clone());

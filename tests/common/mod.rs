@@ -80,6 +80,9 @@ pub struct GatewayOptions {
     pub extra_upstream: String,
     pub extra_top: String,
     pub verify_mode: &'static str,
+    /// Extra lines inside tenant A's / B's entry (4-space indented YAML).
+    pub tenant_a_extra: String,
+    pub tenant_b_extra: String,
 }
 
 impl GatewayOptions {
@@ -92,6 +95,8 @@ impl GatewayOptions {
             extra_upstream: String::new(),
             extra_top: String::new(),
             verify_mode: "enforce",
+            tenant_a_extra: String::new(),
+            tenant_b_extra: String::new(),
         }
     }
 
@@ -121,12 +126,12 @@ tenants:
     secret_env: NXGATE_TEST_SECRET_A
     algorithm: "{alg_a}"
     client_keys_sha256: ["{key_a}"]
-  - name: tenant-b
+{extra_a}  - name: tenant-b
     uuid: "{UUID_B}"
     secret_env: NXGATE_TEST_SECRET_B
     algorithm: "{alg_b}"
     client_keys_sha256: ["{key_b}"]
-"#,
+{extra_b}"#,
             url = self.upstream_url,
             extra_upstream = self.extra_upstream,
             mode = self.verify_mode,
@@ -135,6 +140,8 @@ tenants:
             alg_b = self.algorithm_b,
             key_a = sha256_hex(KEY_A),
             key_b = sha256_hex(KEY_B),
+            extra_a = self.tenant_a_extra,
+            extra_b = self.tenant_b_extra,
         )
     }
 }
@@ -367,4 +374,45 @@ pub fn assert_gateway_error(resp: &Response, status: u16, code: u64, kind: &str)
 
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A real `redis-server` on a loopback port, killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = client::free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not installed: run scripts/test.sh, which installs it");
+        let server = RedisServer { port, child };
+        assert!(client::wait_for_listener(server.addr(), Duration::from_secs(10)), "redis-server did not start");
+        server
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server abruptly (an outage).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
