@@ -21,6 +21,10 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// How long the count must stay at zero before exit, so a request whose header was
 /// being parsed at the moment of the signal is counted before we decide.
 const DRAIN_SETTLE: Duration = Duration::from_millis(100);
+/// On SIGQUIT Pingora hands the listening sockets to the new process and keeps
+/// accepting for its `CLOSE_TIMEOUT` (5 s) before it stops; draining starts after that,
+/// so the old process cannot exit before the handover is done.
+const UPGRADE_HANDOVER: Duration = Duration::from_secs(6);
 
 /// Process-wide state shared by the proxy, the admin endpoints and the signal handler.
 pub struct Lifecycle {
@@ -137,10 +141,15 @@ impl ShutdownSignalWatch for Signals {
             _ = self.0.stop.notified() => return ShutdownSignal::FastShutdown,
         };
         tracing::info!(signal, "shutdown requested");
-        self.0.begin_drain();
         if signal == "SIGQUIT" {
+            let lifecycle = self.0.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(UPGRADE_HANDOVER);
+                lifecycle.begin_drain();
+            });
             ShutdownSignal::GracefulUpgrade
         } else {
+            self.0.begin_drain();
             ShutdownSignal::GracefulTerminate
         }
     }

@@ -344,3 +344,53 @@ fn ping_names_the_failing_tenant_and_exits_1() {
     assert!(text.contains("tenant-b: OK"), "{text}");
     assert!(!text.contains("not-the-secret"));
 }
+
+// ---- graceful upgrade ----------------------------------------------------------------
+
+#[test]
+fn graceful_upgrade_hands_the_listeners_over_without_failing_a_request() {
+    let emu = Emulator::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let sock_arg = sock.to_str().unwrap();
+    let yaml = GatewayOptions::new(emu.url()).yaml(local(client::free_port()));
+    let mut old = Gateway::spawn(&yaml, &[], &["--upgrade-sock", sock_arg], true);
+    old.wait_ready();
+
+    // Traffic runs through the whole handover, each request on a fresh connection.
+    let addr = old.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut served = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = client::request(addr, "POST", "/callcentre/api/v3/ping", &[("authorization", &format!("Bearer {KEY_A}"))], b"{}")
+                    .expect("a request failed during the upgrade");
+                assert_eq!(r.status, 200);
+                served += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            served
+        })
+    };
+
+    // The new process waits on the socket for the old one's listeners.
+    let new = Gateway::spawn(&yaml, &[], &["--upgrade", "--upgrade-sock", sock_arg], false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "new process never opened the upgrade socket:\n{}", new.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    old.signal("QUIT");
+    let status = old.wait_exit(Duration::from_secs(20)).expect("old process did not exit after handing over");
+    assert!(status.success(), "{status:?}");
+    // After the old process is gone, the same address is served by the new one.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let served = traffic.join().expect("a request failed during the upgrade");
+    assert!(served > 20, "too little traffic to mean anything: {served}");
+    let r = client::request(addr, "POST", "/callcentre/api/v3/ping", &[("authorization", &format!("Bearer {KEY_A}"))], b"{}").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(new.log().contains("nxgate::access"), "the new process served nothing");
+}

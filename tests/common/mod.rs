@@ -179,6 +179,11 @@ impl Gateway {
 
     /// Like `start_yaml`, with extra global CLI arguments (e.g. `--log-format json`).
     pub fn start_with_args(yaml: &str, extra_args: &[&str]) -> Self {
+        Self::spawn(yaml, extra_args, &[], true)
+    }
+
+    /// Starts `nxgate run -c CONFIG <run_args>`; waits for the listener only if `wait`.
+    pub fn spawn(yaml: &str, extra_args: &[&str], run_args: &[&str], wait: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("nxgate.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -200,6 +205,7 @@ impl Gateway {
             .args(extra_args)
             .args(["run", "-c"])
             .arg(&config)
+            .args(run_args)
             .env("NXGATE_TEST_SECRET_A", SECRET_A)
             .env("NXGATE_TEST_SECRET_B", SECRET_B)
             .env("RUST_LOG", std::env::var("NXGATE_TEST_LOG").unwrap_or_else(|_| "debug".into()))
@@ -209,7 +215,7 @@ impl Gateway {
             .spawn()
             .expect("spawn nxgate");
         let mut gw = Gateway { addr: listen, admin, child, log_path, config_path: config, _dir: dir };
-        if !client::wait_for_listener(listen, Duration::from_secs(20)) {
+        if wait && !client::wait_for_listener(listen, Duration::from_secs(20)) {
             let _ = gw.child.kill();
             panic!("gateway did not listen on {listen}; log:\n{}", gw.log());
         }
