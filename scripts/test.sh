@@ -6,5 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 # Rate-limit tests run a real redis-server on a loopback port.
 nxgate_install redis-server:redis-server
+# tests/deploy.rs lints and validates deploy/ with hadolint, kubernetes-validate, systemd-analyze.
+bash scripts/install-deploy-tools.sh
 cargo build --locked --all-targets
 cargo test --locked --all-targets -- --test-threads="${NXGATE_TEST_THREADS:-4}"

@@ -103,8 +103,9 @@ pub struct GatewayConfig {
 pub struct RateLimitBackend {
     /// Local or Redis.
     pub kind: RateLimitKind,
-    /// Redis URL (validated when `kind` is Redis). May hold a password: never log it.
-    pub redis_url: String,
+    /// Redis URL (validated when `kind` is Redis). It may hold a password, so it is kept
+    /// like a secret: redacted in `Debug`, zeroized on drop.
+    pub redis_url: Secret,
     /// Policy when Redis cannot answer.
     pub on_redis_error: OnRedisError,
 }
@@ -299,7 +300,7 @@ pub fn validate(
         shutdown_grace: Duration::from_secs(file.shutdown_grace_secs),
         rate_limit_backend: RateLimitBackend {
             kind: backend.kind,
-            redis_url: backend.redis_url.clone(),
+            redis_url: Secret::new(backend.redis_url.clone().into_bytes()),
             on_redis_error: backend.on_redis_error,
         },
         listen,
@@ -458,6 +459,7 @@ fn validate_tenants(
                     None
                 }
                 Ok(mut bytes) => {
+                    warn_if_readable_by_others(&resolve(base, f), &t.name);
                     strip_one_newline(&mut bytes);
                     if bytes.ends_with(b"\n") || bytes.ends_with(b"\r") {
                         p.add(at("secret_file"), "ends with more than one newline");
@@ -517,6 +519,21 @@ fn validate_tenants(
         }
     }
     out
+}
+
+/// A secret file others can read is a leak waiting to happen; it still loads (operators
+/// may have reasons), but the gateway says so at every load.
+fn warn_if_readable_by_others(path: &Path, tenant: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                tenant,
+                path = %path.display(),
+                "secret_file is readable by every user on this host; chmod o-r (e.g. 0600 or 0640)"
+            );
+        }
+    }
 }
 
 /// A secret file may end in one newline (editors add one); it is not part of the key.

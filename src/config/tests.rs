@@ -70,6 +70,7 @@ fn rate_limits_and_backend_are_validated() {
     };
     let c = load_text(&redis("redis://127.0.0.1:6380/2", "deny")).unwrap();
     assert_eq!(c.rate_limit_backend.kind, RateLimitKind::Redis);
+    assert_eq!(c.rate_limit_backend.redis_url.expose(), b"redis://127.0.0.1:6380/2");
     assert_eq!(c.rate_limit_backend.on_redis_error, OnRedisError::Deny);
     let err = problems(&redis("http://user:pa55w0rd@x", "allow")).join("\n");
     assert!(err.contains("rate_limit_backend.redis_url") && !err.contains("pa55w0rd"), "{err}");
@@ -256,7 +257,9 @@ fn ca_file_must_hold_certificates() {
 
 #[test]
 fn debug_output_of_a_loaded_config_has_no_secret() {
-    let c = load_text(MINIMAL).unwrap();
-    let shown = format!("{c:?}");
+    let text = format!("{MINIMAL}rate_limit_backend: {{ kind: \"redis\", redis_url: \"redis://:r3d1s-pa55@127.0.0.1:6379/0\" }}\n");
+    let c = load_text(&text).unwrap();
+    let shown = format!("{c:?} {c:#?}");
     assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    assert!(!shown.contains("r3d1s-pa55"), "redis password in Debug output");
 }

@@ -164,7 +164,7 @@ impl Admission {
         let redis = match backend.kind {
             RateLimitKind::Local => None,
             RateLimitKind::Redis => Some(match previous.and_then(|p| p.redis.as_ref()) {
-                Some(r) if r.url() == backend.redis_url => r.clone(),
+                Some(r) if r.url() == &backend.redis_url => r.clone(),
                 _ => Arc::new(RedisGcra::new(backend.redis_url.clone(), metrics.clone())),
             }),
         };

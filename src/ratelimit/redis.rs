@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use super::{RateDecision, RateState};
 use crate::config::RateLimit;
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 
 /// Budget for one Redis call; over it, `on_redis_error` decides.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
@@ -53,7 +54,7 @@ pub struct BackendUnavailable;
 
 /// The Redis backend of one `redis_url`.
 pub struct RedisGcra {
-    url: String,
+    url: Secret,
     script: redis::Script,
     connection: ArcSwapOption<ConnectionManager>,
     connecting: AtomicBool,
@@ -72,7 +73,7 @@ fn now_ms() -> u64 {
 
 impl RedisGcra {
     /// A backend for `url`; connects lazily, in the background.
-    pub fn new(url: String, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(url: Secret, metrics: Option<Arc<Metrics>>) -> Self {
         RedisGcra {
             url,
             script: redis::Script::new(GCRA),
@@ -86,7 +87,7 @@ impl RedisGcra {
     }
 
     /// The URL this backend talks to (it may hold a password: never log it).
-    pub fn url(&self) -> &str {
+    pub fn url(&self) -> &Secret {
         &self.url
     }
 
@@ -168,7 +169,10 @@ impl RedisGcra {
     }
 
     async fn connect(&self) -> redis::RedisResult<ConnectionManager> {
-        let client = redis::Client::open(self.url.as_str())?;
+        let url = std::str::from_utf8(self.url.expose()).map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "redis_url is not UTF-8"))
+        })?;
+        let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT * 5))
             .set_response_timeout(Some(REDIS_TIMEOUT))
