@@ -105,3 +105,27 @@ fn demo_runs_and_shows_a_verified_round_trip_and_a_refusal() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("demo OK") && text.contains("HTTP 502") && text.contains("50202"), "{text}");
 }
+
+#[test]
+fn a_secret_file_readable_by_others_is_warned_about_at_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("a.secret");
+    std::fs::write(&secret, format!("{SECRET_A}\n")).unwrap();
+    let path = dir.path().join("c.yaml");
+    let yaml = GatewayOptions::new("https://nxbot.nxcloud.com".into())
+        .yaml("127.0.0.1:8080".parse().unwrap())
+        .replace("secret_env: NXGATE_TEST_SECRET_A", &format!("secret_file: \"{}\"", secret.display()));
+    std::fs::write(&path, yaml).unwrap();
+    let warned = |mode: u32| {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = nxgate(&["check", "-c", path.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains(SECRET_A));
+        stderr.contains("readable by every user")
+    };
+    assert!(warned(0o644), "0644 secret file not warned about");
+    assert!(!warned(0o600), "0600 secret file warned about");
+    assert!(!warned(0o640), "0640 secret file warned about");
+}
