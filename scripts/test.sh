@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 # Rate-limit tests run a real redis-server on a loopback port.
 nxgate_install redis-server:redis-server
+# The h2c test uses curl's HTTP/2 prior-knowledge client.
+nxgate_install curl:curl
 # tests/deploy.rs lints and validates deploy/ with hadolint, kubernetes-validate, systemd-analyze.
 bash scripts/install-deploy-tools.sh
 cargo build --locked --all-targets

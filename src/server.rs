@@ -76,6 +76,11 @@ impl Gateway {
 
         let app = NxGate::new(live, metrics.clone(), lifecycle.clone());
         let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, app, "nxgate");
+        // HTTP/2 with prior knowledge (h2c) on the same ports; HTTP/1 callers are unaffected
+        // (Pingora peeks for the h2 preface).
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        proxy.app_logic_mut().expect("a fresh service has its app").server_options = Some(options);
         for addr in &listen {
             proxy.add_tcp(&addr.to_string());
         }

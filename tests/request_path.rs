@@ -336,3 +336,32 @@ fn the_total_timeout_bounds_the_whole_exchange() {
 fn opts_yaml(opts: &GatewayOptions) -> String {
     opts.yaml(std::net::SocketAddr::from(([127, 0, 0, 1], client::free_port())))
 }
+
+// ---- h2c -------------------------------------------------------------------------------
+
+fn curl_h2c(gw: &Gateway, extra: &[&str], body: &str) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-D", "-", "-o", "-", "--max-time", "10"])
+        .args(["-H", &format!("authorization: Bearer {KEY_A}"), "-H", "content-type: application/json"])
+        .args(extra)
+        .args(["--data-binary", body])
+        .arg(format!("http://{}/callcentre/api/v3/ping", gw.addr))
+        .output()
+        .expect("curl is installed by scripts/test.sh");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn h2c_callers_are_signed_verified_and_refused_like_http1_callers() {
+    let (_emu, gw) = gateway();
+    let (head, body) = curl_h2c(&gw, &[], r#"{"data":"over h2c"}"#);
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert!(body.contains(r#""data":"over h2c""#), "{body}");
+    let (head, body) = curl_h2c(&gw, &["-H", "x-emulator-fault: bad_sign"], r#"{"data":"tampered"}"#);
+    assert!(head.starts_with("HTTP/2 502") && head.contains("x-nxgate-error: bad_upstream_signature"), "{head}");
+    assert!(!body.contains("tampered"), "{body}");
+    // HTTP/1.1 callers share the port.
+    assert_eq!(gw.ping_a(&[], "h1").json()["data"], "h1");
+}
