@@ -70,26 +70,29 @@ fn every_fault_with_both_algorithms_gets_its_documented_error_and_none_of_the_up
 }
 
 #[test]
-fn a_pooled_connection_is_never_reused_after_a_fault() {
-    // After each fault, the next request must get its own answer: never the rest of the
-    // faulty response, never another request's response.
+fn a_pooled_connection_is_never_reused_after_a_fault_with_either_algorithm() {
+    // After each fault, the next request on the same caller connection (and so on the
+    // gateway's pooled upstream connections) must get its own answer: never the rest of
+    // the faulty response, never another request's response.
     let emu = Emulator::start();
     let gw = fault_gateway(&emu);
-    let mut c = Connection::open(gw.addr).unwrap();
-    for (i, fault) in Fault::ALL.into_iter().enumerate() {
-        let auth = format!("Bearer {KEY_A}");
-        let mut headers = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
-        headers.extend(fault_headers(fault));
-        let r = c.request("POST", "/callcentre/api/v3/ping", &headers, br#"{"data":"faulty"}"#).unwrap();
-        assert_eq!(r.status, expected(fault).0, "{}", fault.name());
-        let data = format!("after-{i}");
-        let r = c
-            .request("POST", "/callcentre/api/v3/ping", &[("authorization", &auth)], format!(r#"{{"data":"{data}"}}"#).as_bytes())
-            .unwrap();
-        assert_eq!(r.status, 200, "after {}: {}", fault.name(), String::from_utf8_lossy(&r.body));
-        let v = r.json();
-        assert_eq!(v["data"], data, "after {}", fault.name());
-        assert_eq!(v["reqId"], r.header("x-request-id").unwrap());
+    for key in [KEY_A, KEY_B] {
+        let auth = format!("Bearer {key}");
+        let mut c = Connection::open(gw.addr).unwrap();
+        for (i, fault) in Fault::ALL.into_iter().enumerate() {
+            let mut headers = vec![("authorization", auth.as_str()), ("content-type", "application/json")];
+            headers.extend(fault_headers(fault));
+            let r = c.request("POST", "/callcentre/api/v3/ping", &headers, br#"{"data":"faulty"}"#).unwrap();
+            assert_eq!(r.status, expected(fault).0, "{}", fault.name());
+            let data = format!("after-{i}");
+            let r = c
+                .request("POST", "/callcentre/api/v3/ping", &[("authorization", &auth)], format!(r#"{{"data":"{data}"}}"#).as_bytes())
+                .unwrap();
+            assert_eq!(r.status, 200, "after {}: {}", fault.name(), String::from_utf8_lossy(&r.body));
+            let v = r.json();
+            assert_eq!(v["data"], data, "after {}", fault.name());
+            assert_eq!(v["reqId"], r.header("x-request-id").unwrap());
+        }
     }
 }
 
