@@ -76,6 +76,10 @@ pub struct RateLimitBackendFile {
     /// Redis URL, used when `kind` is `"redis"`.
     #[serde(default = "defaults::redis_url")]
     pub redis_url: String,
+    /// Environment variable holding the Redis URL; overrides `redis_url`. For URLs that
+    /// carry a password, which then stays out of the config file.
+    #[serde(default)]
+    pub redis_url_env: Option<String>,
     /// `"local_fallback"`, `"deny"` or `"allow"`.
     #[serde(default)]
     pub on_redis_error: OnRedisError,
@@ -83,7 +87,12 @@ pub struct RateLimitBackendFile {
 
 impl Default for RateLimitBackendFile {
     fn default() -> Self {
-        RateLimitBackendFile { kind: RateLimitKind::Local, redis_url: defaults::redis_url(), on_redis_error: OnRedisError::LocalFallback }
+        RateLimitBackendFile {
+            kind: RateLimitKind::Local,
+            redis_url: defaults::redis_url(),
+            redis_url_env: None,
+            on_redis_error: OnRedisError::LocalFallback,
+        }
     }
 }
 

@@ -284,11 +284,28 @@ pub fn validate(
         },
     };
     let backend = &file.rate_limit_backend;
+    let (redis_url, url_field) = match &backend.redis_url_env {
+        None => (Some(backend.redis_url.clone()), "rate_limit_backend.redis_url"),
+        Some(var) => match env.var(var).map(|v| v.into_string()) {
+            Some(Ok(url)) => (Some(url), "rate_limit_backend.redis_url_env"),
+            Some(Err(_)) => {
+                p.add("rate_limit_backend.redis_url_env", format!("environment variable {var} is not UTF-8"));
+                (None, "")
+            }
+            None if backend.kind == RateLimitKind::Redis => {
+                p.add("rate_limit_backend.redis_url_env", format!("environment variable {var} is not set"));
+                (None, "")
+            }
+            None => (Some(backend.redis_url.clone()), "rate_limit_backend.redis_url"),
+        },
+    };
     if backend.kind == RateLimitKind::Redis {
-        match backend.redis_url.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("redis" | "rediss")) && u.host().is_some() => {}
-            // The URL may carry a password: do not echo it.
-            _ => p.add("rate_limit_backend.redis_url", "must be redis://[user:password@]host[:port][/db]"),
+        if let Some(url) = &redis_url {
+            match url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("redis" | "rediss")) && u.host().is_some() => {}
+                // The URL may carry a password: do not echo it.
+                _ => p.add(url_field, "must be redis://[user:password@]host[:port][/db]"),
+            }
         }
     }
 
@@ -300,7 +317,7 @@ pub fn validate(
         shutdown_grace: Duration::from_secs(file.shutdown_grace_secs),
         rate_limit_backend: RateLimitBackend {
             kind: backend.kind,
-            redis_url: Secret::new(backend.redis_url.clone().into_bytes()),
+            redis_url: Secret::new(redis_url.unwrap_or_default().into_bytes()),
             on_redis_error: backend.on_redis_error,
         },
         listen,

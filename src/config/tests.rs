@@ -78,6 +78,26 @@ fn rate_limits_and_backend_are_validated() {
 }
 
 #[test]
+fn redis_url_env_keeps_the_password_out_of_the_file() {
+    let text = format!("{MINIMAL}rate_limit_backend: {{ kind: \"redis\", redis_url_env: NXGATE_REDIS_URL }}\n");
+    let env = HashMap::from([
+        ("NXGATE_ACME_SECRET".to_owned(), "s".to_owned()),
+        ("NXGATE_REDIS_URL".to_owned(), "redis://:pa55@10.0.0.5:6379/1".to_owned()),
+    ]);
+    let c = parse(&text, Path::new("t.yaml"), &env).unwrap();
+    assert_eq!(c.rate_limit_backend.redis_url.expose(), b"redis://:pa55@10.0.0.5:6379/1");
+    assert_problem(&text, "rate_limit_backend.redis_url_env");
+    let bad = HashMap::from([("NXGATE_ACME_SECRET".to_owned(), "s".to_owned()), ("NXGATE_REDIS_URL".to_owned(), "http://:pa55@x".to_owned())]);
+    match parse(&text, Path::new("t.yaml"), &bad) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("rate_limit_backend.redis_url_env") && !e.contains("pa55"), "{e}");
+        }
+        Ok(_) => panic!("an http:// Redis URL was accepted"),
+    }
+}
+
+#[test]
 fn admin_listen_is_validated_and_can_be_disabled() {
     assert_eq!(load_text(&format!("{MINIMAL}admin_listen: null\n")).unwrap().admin_listen, None);
     assert_problem(&format!("{MINIMAL}admin_listen: \"nowhere\"\n"), "admin_listen");
