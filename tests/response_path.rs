@@ -170,16 +170,21 @@ fn tls_emulator(p: &TestPki) -> Emulator {
     Emulator::with(EmulatorConfig { tenants: emulator_tenants(), ..Default::default() }, Some(p.acceptor.clone()))
 }
 
+/// Options for `url` trusting the test CA through `upstream.ca_file` (kept in `dir`).
+fn trusting_test_ca(p: &TestPki, dir: &tempfile::TempDir, url: String) -> GatewayOptions {
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &p.ca_pem).unwrap();
+    let mut opts = GatewayOptions::new(url);
+    opts.extra_upstream = format!("  ca_file: \"{}\"\n", ca.display());
+    opts
+}
+
 #[test]
 fn https_upstream_verified_against_a_ca_file_works_with_both_algorithms() {
     let p = pki();
     let emu = tls_emulator(&p);
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &p.ca_pem).unwrap();
-    let mut opts = GatewayOptions::new(format!("https://localhost:{}", emu.addr.port()));
-    opts.extra_upstream = format!("  ca_file: \"{}\"\n", ca.display());
-    let gw = Gateway::start(&opts);
+    let gw = Gateway::start(&trusting_test_ca(&p, &dir, format!("https://localhost:{}", emu.addr.port())));
     for key in [KEY_A, KEY_B] {
         let r = gw.post("/callcentre/api/v3/ping", &[("authorization", &format!("Bearer {key}"))], br#"{"data":"tls"}"#);
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -205,11 +210,7 @@ fn https_upstream_whose_certificate_names_another_host_is_refused() {
     let p = pki();
     let emu = tls_emulator(&p);
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &p.ca_pem).unwrap();
     // The certificate is for "localhost"; connecting by IP must fail hostname checks.
-    let mut opts = GatewayOptions::new(format!("https://127.0.0.1:{}", emu.addr.port()));
-    opts.extra_upstream = format!("  ca_file: \"{}\"\n", ca.display());
-    let gw = Gateway::start(&opts);
+    let gw = Gateway::start(&trusting_test_ca(&p, &dir, format!("https://127.0.0.1:{}", emu.addr.port())));
     assert_gateway_error(&gw.ping_a(&[], "x"), 502, 50201, "upstream_unreachable");
 }

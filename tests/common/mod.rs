@@ -184,6 +184,18 @@ impl Gateway {
 
     /// Starts `nxgate run -c CONFIG <run_args>`; waits for the listener only if `wait`.
     pub fn spawn(yaml: &str, extra_args: &[&str], run_args: &[&str], wait: bool) -> Self {
+        Self::launch(yaml, extra_args, run_args, wait, |_| {})
+    }
+
+    /// Like `spawn`; `environment` may change the process environment last (it runs after
+    /// the harness set the test secrets and `RUST_LOG`, so it can also clear them).
+    pub fn launch(
+        yaml: &str,
+        extra_args: &[&str],
+        run_args: &[&str],
+        wait: bool,
+        environment: impl FnOnce(&mut Command),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("nxgate.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -201,7 +213,8 @@ impl Gateway {
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let log_path = log_dir().join(format!("{}-{n}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nxgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nxgate"));
+        command
             .args(extra_args)
             .args(["run", "-c"])
             .arg(&config)
@@ -211,9 +224,9 @@ impl Gateway {
             .env("RUST_LOG", std::env::var("NXGATE_TEST_LOG").unwrap_or_else(|_| "debug".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn nxgate");
+            .stderr(log);
+        environment(&mut command);
+        let child = command.spawn().expect("spawn nxgate");
         let mut gw = Gateway { addr: listen, admin, child, log_path, config_path: config, _dir: dir };
         if wait && !client::wait_for_listener(listen, Duration::from_secs(20)) {
             let _ = gw.child.kill();
