@@ -289,7 +289,7 @@ fn trust_roots(extra: &[Vec<u8>]) -> Arc<[WrappedX509]> {
         .chain(extra.iter().cloned())
         // Pingora's parser panics on DER it cannot read; drop such platform roots instead.
         .filter(|der| x509_parser::parse_x509_certificate(der).is_ok())
-        .map(|der| WrappedX509::new(der, |d| pingora::utils::tls::parse_x509(d)))
+        .map(|der| WrappedX509::new(der, pingora::utils::tls::parse_x509))
         .collect::<Vec<_>>()
         .into()
 }
