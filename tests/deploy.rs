@@ -201,7 +201,7 @@ fn dockerfile_build_context_is_enough_for_a_locked_build() {
         let words: Vec<&str> = i.split_whitespace().skip(1).filter(|w| !w.starts_with("--")).collect();
         sources.extend(words[..words.len() - 1].iter().map(|w| w.trim_end_matches('/').to_owned()));
     }
-    assert_eq!(sources, ["Cargo.toml", "Cargo.lock", "src"]);
+    assert_eq!(sources, ["Cargo.toml", "Cargo.lock", "src", "benches"]);
     // The Dockerfile's own ignore file lets exactly those into the context.
     let ignore = read("deploy/docker/Dockerfile.dockerignore");
     let rules: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
@@ -595,41 +595,6 @@ fn edge_config_serves_many_teams_by_key_with_tighter_limits() {
 // ---------------------------------------------------------------- the sidecar, served
 
 /// A gateway started from a config file, its log scanned for secrets when dropped.
-struct Served {
-    child: std::process::Child,
-    log_path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Served {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status (None if still running after `within`).
-    fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !std::thread::panicking() {
-            assert_logs_clean(&self.log(), &self.log_path);
-        }
-    }
-}
-
 /// Replaces exactly one occurrence of `from` with `to`.
 fn substitute(text: &str, from: &str, to: &str) -> String {
     assert_eq!(text.matches(from).count(), 1, "expected {from:?} once in the example");
@@ -657,25 +622,11 @@ fn sidecar_example_serves_unauthenticated_demo_traffic_as_written() {
     assert_eq!(s(&tenant["uuid"]), UUID_A, "the example's uuid is the emulator's known account");
     let var = s(&tenant["secret_env"]);
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nxgate.yaml");
-    std::fs::write(&path, &yaml).unwrap();
-    let log_path = log_dir().join(format!("{}-deploy-sidecar.log", std::process::id()));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_nxgate"))
-        // The container's args, as the sidecar Deployment gives them.
-        .args(["--log-format", "json", "run", "-c"])
-        .arg(&path)
-        .env_clear()
-        .env(var, SECRET_A)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn nxgate");
-    let mut gw = Served { child, log_path, _dir: dir };
-    assert!(client::wait_for_listener(listen, Duration::from_secs(20)), "no listener on {listen}; log:\n{}", gw.log());
+    // The container's args, as the sidecar Deployment gives them; its environment holds
+    // only the variable the example names.
+    let mut gw = Gateway::launch(&yaml, &["--log-format", "json"], &[], true, |c| {
+        c.env_clear().env(var, SECRET_A).env("RUST_LOG", "debug");
+    });
     assert!(client::wait_for_listener(admin, Duration::from_secs(20)), "no admin on {admin}; log:\n{}", gw.log());
 
     // The app's request: plain, unsigned, no Authorization (default_tenant).
@@ -711,7 +662,8 @@ fn sidecar_example_serves_unauthenticated_demo_traffic_as_written() {
 
     // SIGTERM (pod deletion, docker stop, systemctl stop): an idle gateway exits 0 well
     // within the grace the manifests and the unit allow.
-    let status = gw.terminate(Duration::from_secs(20)).unwrap_or_else(|| panic!("still running 20 s after SIGTERM"));
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| panic!("still running 20 s after SIGTERM"));
     assert!(status.success(), "exit after SIGTERM: {status}; log:\n{}", gw.log());
     let hc = run(Command::new(env!("CARGO_BIN_EXE_nxgate")).args(&HEALTHCHECK[1..3]).arg(&url));
     assert!(!hc.status.success(), "HEALTHCHECK must fail once the gateway is gone");
