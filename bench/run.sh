@@ -35,7 +35,10 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install ngi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 echo "building nxgate (release)..." >&2
 cargo build --release --locked >&2
+# The bare-Pingora baseline: reuses nxgate's compiled dependencies (same lock, same target dir).
+cargo build --release --locked --manifest-path bench/pingora-passthrough/Cargo.toml --target-dir "$ROOT/target" >&2
 BIN=$ROOT/target/release/nxgate
+PASSTHROUGH=$ROOT/target/release/pingora-passthrough
 
 WORK=$(mktemp -d /tmp/nxgate-bench.XXXXXX)
 PIDS=()
@@ -73,7 +76,7 @@ KEY_SHA=bench-client-key-sha256
 KEY_LIM=bench-client-key-limits
 digest() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
 
-for v in P_EMU_PLAIN P_EMU P_NGINX P_MD5 P_SHA P_LIM P_BIG A_MD5 A_SHA A_LIM A_BIG; do free_port "$v"; done
+for v in P_EMU_PLAIN P_EMU P_NGINX P_PT P_NOLOG A_NOLOG P_MD5 P_SHA P_LIM P_BIG A_MD5 A_SHA A_LIM A_BIG; do free_port "$v"; done
 
 # ---------------------------------------------------------------- configs
 gateway_config() { # name port admin_port uuid secret_env algorithm key extra_tenant_yaml limits_yaml
@@ -95,6 +98,7 @@ EOF
 }
 gateway_config md5 "$P_MD5" "$A_MD5" "$UUID_MD5" BENCH_SECRET_MD5 MD5 "$KEY_MD5"
 gateway_config sha256 "$P_SHA" "$A_SHA" "$UUID_SHA" BENCH_SECRET_SHA SHA256 "$KEY_SHA"
+gateway_config nolog "$P_NOLOG" "$A_NOLOG" "$UUID_MD5" BENCH_SECRET_MD5 MD5 "$KEY_MD5"
 gateway_config limits "$P_LIM" "$A_LIM" "$UUID_MD5" BENCH_SECRET_MD5 MD5 "$KEY_LIM" \
   "    rate_limit: { per_second: 10000000, burst: 10000000 }
     max_in_flight: 100000"
@@ -158,9 +162,12 @@ start emu-plain "$UPSTREAM_CPUS" "$BIN" emulator --listen "127.0.0.1:$P_EMU_PLAI
 start emu "$UPSTREAM_CPUS" "$BIN" emulator --listen "127.0.0.1:$P_EMU" \
   --tenant "$UUID_MD5=$SECRET_MD5" --tenant "$UUID_SHA=$SECRET_SHA"
 start nginx "$GATEWAY_CPUS" "$NGINX" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf"
+start passthrough "$GATEWAY_CPUS" "$PASSTHROUGH" "127.0.0.1:$P_PT" "127.0.0.1:$P_EMU_PLAIN"
 start gw-md5 "$GATEWAY_CPUS" "$BIN" run -c "$WORK/md5.yaml"
 start gw-sha256 "$GATEWAY_CPUS" "$BIN" run -c "$WORK/sha256.yaml"
 start gw-limits "$GATEWAY_CPUS" "$BIN" run -c "$WORK/limits.yaml"
+# The same MD5 gateway with its per-request access log off (RUST_LOG=warn): what the log costs.
+RUST_LOG=warn start gw-nolog "$GATEWAY_CPUS" "$BIN" run -c "$WORK/nolog.yaml"
 
 BODY_1K="$WORK/body-1k.json"
 printf '{"data":"%s"}' "$(head -c $((1024 - 11)) /dev/zero | tr '\0' x)" >"$BODY_1K"
@@ -179,11 +186,15 @@ wait_ready() { # url key
 PATH_=/callcentre/api/v3/ping
 URL_DIRECT=http://127.0.0.1:$P_EMU_PLAIN$PATH_
 URL_NGINX=http://127.0.0.1:$P_NGINX$PATH_
+URL_PT=http://127.0.0.1:$P_PT$PATH_
+URL_NOLOG=http://127.0.0.1:$P_NOLOG$PATH_
 URL_MD5=http://127.0.0.1:$P_MD5$PATH_
 URL_SHA=http://127.0.0.1:$P_SHA$PATH_
 URL_LIM=http://127.0.0.1:$P_LIM$PATH_
 wait_ready "$URL_DIRECT" "$KEY_MD5"
 wait_ready "$URL_NGINX" "$KEY_MD5"
+wait_ready "$URL_PT" "$KEY_MD5"
+wait_ready "$URL_NOLOG" "$KEY_MD5"
 wait_ready "$URL_MD5" "$KEY_MD5"
 wait_ready "$URL_SHA" "$KEY_SHA"
 wait_ready "$URL_LIM" "$KEY_LIM"
@@ -235,15 +246,17 @@ echo "measuring (${DURATION}s per row after ${WARMUP}s warm-up; load average $LO
 for c in $CONNS; do
   measure direct "$c" 1024 "$URL_DIRECT" "$KEY_MD5" "" "$PID_emu_plain"
   measure nginx "$c" 1024 "$URL_NGINX" "$KEY_MD5" "$(NGINX_PIDS)" "$PID_emu_plain"
+  measure pingora-passthrough "$c" 1024 "$URL_PT" "$KEY_MD5" "$PID_passthrough" "$PID_emu_plain"
   measure nxgate-md5 "$c" 1024 "$URL_MD5" "$KEY_MD5" "$PID_gw_md5" "$PID_emu"
   measure nxgate-sha256 "$c" 1024 "$URL_SHA" "$KEY_SHA" "$PID_gw_sha256" "$PID_emu"
   measure nxgate-md5-limits "$c" 1024 "$URL_LIM" "$KEY_LIM" "$PID_gw_limits" "$PID_emu"
+  measure nxgate-md5-nolog "$c" 1024 "$URL_NOLOG" "$KEY_MD5" "$PID_gw_nolog" "$PID_emu"
 done
 
 BIG_IDLE_KIB=0
 if [ "$BIG" = 1 ]; then
   # A fresh gateway, so its peak is this test's alone; the others are stopped to free CPU.
-  kill "$PID_gw_md5" "$PID_gw_sha256" "$PID_gw_limits" "$PID_nginx" 2>/dev/null || true
+  kill "$PID_gw_md5" "$PID_gw_sha256" "$PID_gw_limits" "$PID_gw_nolog" "$PID_nginx" "$PID_passthrough" 2>/dev/null || true
   start gw-big "$GATEWAY_CPUS" "$BIN" run -c "$WORK/big.yaml"
   URL_BIG=http://127.0.0.1:$P_BIG$PATH_
   wait_ready "$URL_BIG" "$KEY_MD5"
