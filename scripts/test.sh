@@ -12,3 +12,5 @@ nxgate_install curl:curl
 bash scripts/install-deploy-tools.sh
 cargo build --locked --all-targets
 cargo test --locked --all-targets -- --test-threads="${NXGATE_TEST_THREADS:-4}"
+# Fuzz the parsers for a bounded time (NXGATE_FUZZ_SECS per target, default 60).
+bash scripts/fuzz.sh
