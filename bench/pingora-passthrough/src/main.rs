@@ -23,9 +23,12 @@ fn main() {
         eprintln!("usage: pingora-passthrough LISTEN_ADDR UPSTREAM_ADDR");
         std::process::exit(2);
     };
-    // As many worker threads as CPUs this process may use, like nxgate.
+    // As many worker threads as CPUs this process may use, like nxgate; and a 1 s drain on
+    // SIGTERM (Pingora's default waits 5 minutes), as the benchmark gives nxgate.
     let conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(1),
         pid_file: std::env::temp_dir().join(format!("pingora-passthrough-{}.pid", std::process::id())).display().to_string(),
         upgrade_sock: std::env::temp_dir().join(format!("pingora-passthrough-{}.sock", std::process::id())).display().to_string(),
         ..ServerConf::default()

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Where a proxied request's CPU goes, counted rather than timed (so it holds on a busy
+# machine): user-space instructions per request under valgrind's callgrind, and system
+# calls per request under strace, for nginx, bare Pingora and nxgate, each in front of the
+# emulator on loopback. Hardware counters (perf stat -e instructions) are not available in
+# this VM; callgrind counts instructions exactly (it cannot see the kernel, strace covers
+# that side).
+#
+#   bash bench/profile.sh        # after bench/run.sh has built everything (or it builds)
+#
+# Output: a markdown table on stdout, and the callgrind files under $OUT_DIR
+# (default bench/results/profile) for `callgrind_annotate --inclusive=yes FILE`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT_DIR=${OUT_DIR:-bench/results/profile}
+SECS=${SECS:-10}
+
+source scripts/setup.sh
+nxgate_install wrk:wrk curl:curl valgrind:valgrind strace:strace taskset:util-linux
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install nginx:nginx
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build --release --locked >&2
+cargo build --release --locked --manifest-path bench/pingora-passthrough/Cargo.toml --target-dir "$ROOT/target" >&2
+BIN=$ROOT/target/release/nxgate
+PASSTHROUGH=$ROOT/target/release/pingora-passthrough
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+
+WORK=$(mktemp -d /tmp/nxgate-profile.XXXXXX)
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+declare -A TAKEN=()
+free_port() {
+  local p
+  while :; do
+    p=$((10000 + RANDOM % 20000))
+    [ -n "${TAKEN[$p]:-}" ] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then TAKEN[$p]=1; printf -v "$1" %s "$p"; return; fi
+  done
+}
+for v in P_PLAIN P_EMU P_GW; do free_port "$v"; done
+
+UUID=Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR
+SECRET=u7Mf3zUNOkg4lMV9a0E6cHSgIkK22GSr
+KEY=bench-client-key-md5
+export BENCH_SECRET_MD5=$SECRET
+cat >"$WORK/gw.yaml" <<EOF
+listen: ["127.0.0.1:$P_GW"]
+upstream:
+  url: "http://127.0.0.1:$P_EMU"
+admin_listen: null
+shutdown_grace_secs: 1
+tenants:
+  - name: md5
+    uuid: "$UUID"
+    secret_env: BENCH_SECRET_MD5
+    algorithm: "MD5"
+    client_keys_sha256: ["$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"]
+EOF
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+master_process off;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $WORK/nginx-access.log;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  keepalive_requests 1000000;
+  upstream emulator { server 127.0.0.1:$P_PLAIN; keepalive 256; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$P_GW;
+    location / { proxy_pass http://emulator; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+taskset -c 0 "$BIN" emulator --listen "127.0.0.1:$P_PLAIN" --tenant "$UUID=$SECRET" --skip-request-verification >"$WORK/emu-plain.log" 2>&1 &
+PIDS+=($!)
+taskset -c 0 "$BIN" emulator --listen "127.0.0.1:$P_EMU" --tenant "$UUID=$SECRET" >"$WORK/emu.log" 2>&1 &
+PIDS+=($!)
+printf '{"data":"%s"}' "$(head -c $((1024 - 11)) /dev/zero | tr '\0' x)" >"$WORK/body.json"
+URL=http://127.0.0.1:$P_GW/callcentre/api/v3/ping
+load() { # conns secs
+  BODY_BYTES=1024 CLIENT_KEY=$KEY taskset -c 0 wrk -t1 -c"$1" -d"$2s" -s "$ROOT/bench/post.lua" "$URL" | grep '^RESULT' | grep -o 'requests=[0-9]*' | cut -d= -f2
+}
+ready() {
+  local i
+  for i in $(seq 1 150); do
+    curl -s -o /dev/null -m 2 -H "authorization: Bearer $KEY" --data-binary @"$WORK/body.json" "$URL" && return 0
+    sleep 0.2
+  done
+  echo "not ready: $URL" >&2; return 1
+}
+
+ROWS=()
+profile() { # name cmd...   (the target listens on $URL; the process to count is the one started)
+  local name=$1; shift
+  echo "  $name: callgrind..." >&2
+  valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.$name" "$@" >"$WORK/$name.cg.log" 2>&1 &
+  local v=$!
+  ready
+  load 4 3 >/dev/null
+  callgrind_control -z "$v" >/dev/null
+  local n; n=$(load 4 "$SECS")
+  callgrind_control -d "$v" >/dev/null
+  kill "$v"; wait "$v" 2>/dev/null || true
+  local dump; dump=$(ls -t "$OUT_DIR/callgrind.$name".* 2>/dev/null | head -1)
+  [ -n "$dump" ] && mv "$dump" "$OUT_DIR/callgrind.$name.out"
+  rm -f "$OUT_DIR/callgrind.$name" "$OUT_DIR/callgrind.$name".[0-9]*
+  local ir; ir=$(callgrind_annotate --threshold=100 --auto=no "$OUT_DIR/callgrind.$name.out" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
+
+  echo "  $name: strace..." >&2
+  taskset -c 1 "$@" >"$WORK/$name.log" 2>&1 &
+  local p=$!
+  ready
+  # strace spans the whole wrk run, so every request wrk completed was traced.
+  strace -c -f -p "$p" -o "$WORK/$name.strace" >/dev/null 2>&1 &
+  local st=$!
+  sleep 1
+  local per; per=$(load 16 3)
+  kill -INT "$st" 2>/dev/null || true; wait "$st" 2>/dev/null || true
+  kill "$p"; wait "$p" 2>/dev/null || true
+  local calls; calls=$(awk '$NF ~ /^[a-z_0-9]+$/ && $NF != "total" && $4 ~ /^[0-9]+$/ {s += $4} END{print s+0}' "$WORK/$name.strace")
+  local sends; sends=$(awk '$NF ~ /^(sendto|sendmsg|writev|write)$/ {s += $4} END{print s+0}' "$WORK/$name.strace")
+  local top; top=$(awk -v n="$per" '$NF ~ /^[a-z_0-9]+$/ && $NF != "total" && $4 ~ /^[0-9]+$/ {printf "%s %.1f\n", $NF, $4 / n}' "$WORK/$name.strace" \
+    | sort -k2 -rn | head -8 | awk '{printf "%s %s, ", $1, $2}' | sed 's/, $//')
+  ROWS+=("$name|$n|$ir|$((ir / n))|$per|$calls|$sends|$top")
+}
+profile nginx "$NGINX" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf"
+profile pingora-passthrough "$PASSTHROUGH" "127.0.0.1:$P_GW" "127.0.0.1:$P_PLAIN"
+profile nxgate-md5 "$BIN" run -c "$WORK/gw.yaml"
+RUST_LOG=warn profile nxgate-md5-nolog "$BIN" run -c "$WORK/gw.yaml"
+
+echo "## Instructions and system calls per request ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
+echo
+echo "callgrind: $SECS s at 4 connections after 3 s warm-up, user-space instructions of the whole proxy process / requests completed."
+echo "strace -c -f: attached for a whole 3 s run at 16 connections (strace slows the proxy: the counts per request matter, not the rate)."
+echo
+echo "| proxy | requests (callgrind) | instructions | instructions / request | vs nginx | syscalls / request | of which send/sendto/writev/write | per request, by call (top 8) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|"
+base=""
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r name n ir per_req win calls sends top <<<"$r"
+  [ -z "$base" ] && base=$per_req
+  awk -v name="$name" -v n="$n" -v ir="$ir" -v pr="$per_req" -v b="$base" -v w="$win" -v c="$calls" -v s="$sends" -v top="$top" \
+    'BEGIN{printf "| %s | %d | %d | %d | %.1f | %.1f | %.1f | %s |\n", name, n, ir, pr, pr / b, c / w, s / w, top}'
+done
