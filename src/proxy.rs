@@ -172,7 +172,14 @@ impl ProxyHttp for NxGate {
         let result = handle(&generation, &self.metrics, session, ctx).await;
         let mut reply = match result {
             Ok(reply) => reply,
-            Err(e) => error_reply(&e, ctx),
+            Err(e) => {
+                // After a framing or body error the request's end is unknown: whatever the
+                // caller sends next cannot be trusted to start a new request, so close.
+                if matches!(e, GatewayError::BadRequest(_) | GatewayError::BodyTooLarge { .. }) {
+                    session.set_keepalive(None);
+                }
+                error_reply(&e, ctx)
+            }
         };
         if let Some(state) = &ctx.rate_state {
             let h = &mut reply.header;

@@ -423,6 +423,46 @@ fn a_request_hidden_after_an_invalid_chunk_in_the_same_write_is_never_forwarded(
 }
 
 #[test]
+fn after_an_invalid_chunk_the_connection_is_closed_so_a_later_write_is_never_forwarded() {
+    // The body's end is unknown after a broken chunk: nothing the caller sends next on that
+    // connection may be parsed as a new request.
+    let (_emu, rec, mut gw) = hostile_gateway();
+    let mut c = TcpStream::connect(gw.addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(format!("{}transfer-encoding: chunked\r\n\r\nzz\r\n", head("POST", "/callcentre/bad-chunk")).as_bytes()).unwrap();
+    let first = read_one_response(c.try_clone().unwrap(), Instant::now() + WAIT);
+    let (responses, _) = parse_responses(&first);
+    assert_eq!(responses.len(), 1);
+    assert_gateway_error(&responses[0], 400, 40001, "bad_request");
+    assert_eq!(responses[0].header("connection"), Some("close"));
+    // A later write is refused by the closed socket or ignored; it is never forwarded.
+    let _ = c.write_all(format!("{}content-length: 0\r\n\r\n", head("GET", "/callcentre/smuggled")).as_bytes());
+    let (rest, end) = read_until_close(c, Instant::now() + WAIT);
+    assert_eq!(end, End::Closed);
+    assert!(parse_responses(&rest).0.is_empty(), "the later request was answered");
+    assert!(!rec.text().contains("smuggled"));
+    assert_eq!(rec.forwarded(), 0);
+    assert_still_serving(&mut gw);
+}
+
+#[test]
+fn raw_control_bytes_in_the_path_are_refused_not_forwarded_encoded() {
+    // Pingora percent-encodes raw control bytes in the target before nxgate sees it; the
+    // encoded forms are refused like the raw ones.
+    let (_emu, rec, mut gw) = hostile_gateway();
+    for byte in [0x01u8, 0x1f, 0x7f] {
+        let mut req = b"POST /callcentre/x".to_vec();
+        req.push(byte);
+        req.extend_from_slice(format!(" HTTP/1.1\r\nhost: nxgate.local\r\nauthorization: Bearer {KEY_A}\r\ncontent-length: 2\r\n\r\n{{}}").as_bytes());
+        let ex = exchange(gw.addr, req, false, Duration::from_secs(2));
+        assert_eq!(ex.responses.len(), 1, "byte {byte:#x}");
+        assert!(matches!(ex.responses[0].status, 400 | 404), "byte {byte:#x}: {}", ex.responses[0].status);
+    }
+    assert_eq!(rec.forwarded(), 0, "{}", rec.text());
+    assert_still_serving(&mut gw);
+}
+
+#[test]
 fn a_chunked_body_that_ends_early_is_400_and_never_forwarded() {
     let (_emu, rec, mut gw) = hostile_gateway();
     // Cut mid-chunk, after a whole chunk but before the last-chunk, and inside the size line.

@@ -211,6 +211,32 @@ impl Problems {
     }
 }
 
+/// Largest secret file read.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+/// Largest CA file read.
+const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads a small regular file: devices, FIFOs and oversized files are refused, so a
+/// mistyped path (`/dev/zero`, a pipe) cannot exhaust memory or hang a load or reload.
+fn read_small_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
+    }
+    Ok(bytes)
+}
+
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_owned()
@@ -408,7 +434,7 @@ fn validate_upstream(u: &file::UpstreamFile, base: &Path, p: &mut Problems) -> O
 
 /// Reads every certificate of a PEM file as DER, checking each parses as X.509.
 fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let data = read_small_file(path, MAX_CA_FILE_BYTES)?;
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut data.as_slice()) {
         let der = item.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
@@ -470,9 +496,9 @@ fn validate_tenants(
                 }
                 Some(v) => Some(Secret::new(v.into_encoded_bytes())),
             },
-            (None, Some(f)) => match std::fs::read(resolve(base, f)) {
+            (None, Some(f)) => match read_small_file(&resolve(base, f), MAX_SECRET_FILE_BYTES) {
                 Err(e) => {
-                    p.add(at("secret_file"), format!("cannot read {}: {e}", f.display()));
+                    p.add(at("secret_file"), e);
                     None
                 }
                 Ok(mut bytes) => {

@@ -206,6 +206,24 @@ tenants:
 "#;
 
 #[test]
+fn secret_and_ca_files_must_be_small_regular_files() {
+    // A device would be read until memory runs out; a FIFO would hang the load.
+    let dev = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secret_file: /dev/zero");
+    let ps = problems(&dev);
+    assert!(ps.iter().any(|p| p.contains("tenants[0].secret_file") && p.contains("not a regular file")), "{ps:#?}");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let ps = problems(&MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", &format!("secret_file: {}", fifo.display())));
+    assert!(ps.iter().any(|p| p.contains("not a regular file")), "{ps:#?}");
+    let big = secret_file(&vec![b'a'; 64 * 1024 + 1]);
+    let ps = problems(&MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", &format!("secret_file: {}", big.path().display())));
+    assert!(ps.iter().any(|p| p.contains("larger than")), "{ps:#?}");
+    let with_ca = |path: &str| MINIMAL.replace("  url: \"https://nxbot.nxcloud.com\"", &format!("  url: \"https://nxbot.nxcloud.com\"\n  ca_file: {path}"));
+    assert_problem(&with_ca("/dev/zero"), "upstream.ca_file");
+}
+
+#[test]
 fn duplicate_names_uuids_and_keys_are_refused() {
     load_text(TWO).unwrap();
     assert_problem(&TWO.replace("name: beta", "name: acme"), "tenants[1].name");
