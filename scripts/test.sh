@@ -13,6 +13,10 @@ bash scripts/install-deploy-tools.sh
 cargo build --locked --all-targets
 # Thread count through the environment: `-- --test-threads` would also reach the
 # criterion bench binaries (run once each here, as a smoke test), which refuse it.
-RUST_TEST_THREADS="${NXGATE_TEST_THREADS:-4}" cargo test --locked --all-targets
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+RUST_TEST_THREADS="${NXGATE_TEST_THREADS:-4}" cargo test --locked --all-targets 2>&1 | tee "$log"
 # Fuzz the parsers for a bounded time (NXGATE_FUZZ_SECS per target, default 60).
 bash scripts/fuzz.sh
+# One closing line for the whole cargo test run (the fuzzer's output comes after it).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
