@@ -8,8 +8,8 @@
 #
 #   bash bench/profile.sh        # after bench/run.sh has built everything (or it builds)
 #
-# Output: a markdown table on stdout, and the callgrind files under $OUT_DIR
-# (default bench/results/profile) for `callgrind_annotate --inclusive=yes FILE`.
+# Output: a markdown table on stdout and in $OUT_DIR.md, and the callgrind files under
+# $OUT_DIR (default bench/results/profile) for `callgrind_annotate --inclusive=yes FILE`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -145,6 +145,7 @@ profile pingora-passthrough "$PASSTHROUGH" "127.0.0.1:$P_GW" "127.0.0.1:$P_PLAIN
 profile nxgate-md5 "$BIN" run -c "$WORK/gw.yaml"
 RUST_LOG=warn profile nxgate-md5-nolog "$BIN" run -c "$WORK/gw.yaml"
 
+{
 echo "## Instructions and system calls per request ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
 echo
 echo "callgrind: $SECS s at 4 connections after 3 s warm-up, user-space instructions of the whole proxy process / requests completed."
@@ -159,3 +160,4 @@ for r in "${ROWS[@]}"; do
   awk -v name="$name" -v n="$n" -v ir="$ir" -v pr="$per_req" -v b="$base" -v w="$win" -v c="$calls" -v s="$sends" -v top="$top" \
     'BEGIN{printf "| %s | %d | %d | %d | %.1f | %.1f | %.1f | %s |\n", name, n, ir, pr, pr / b, c / w, s / w, top}'
 done
+} | tee "$OUT_DIR.md"

@@ -270,7 +270,13 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
 mkdir -p "$(dirname "$OUT")"
-cp "$RAW" "${OUT%.md}.tsv"
+BASE=${OUT%.md}
+cp "$RAW" "$BASE.tsv"
+# CONN_BUF: Pingora's fixed per-request buffers besides the two bodies, 64 KiB each: the
+# downstream L4 read buffer (DEFAULT_L4_READ_BUFFER_SIZE), the request body reader's and
+# the upstream response body reader's (BODY_BUFFER_SIZE).
+printf 'CLK_TCK=%s\nBIG_IDLE_KIB=%s\nMAX_REQ=%s\nMAX_RESP=%s\nCONN_BUF=196608\n' \
+  "$CLK_TCK" "$BIG_IDLE_KIB" "$MAX_REQ" "$MAX_RESP" >"$BASE.env"
 {
   echo "## nxgate benchmark run, $STARTED"
   echo
@@ -279,54 +285,12 @@ cp "$RAW" "${OUT%.md}.tsv"
   echo "- nxgate $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?') (release build);" \
     "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
   if [ "$PIN" = 1 ]; then
-    echo "- pinning: wrk on CPU $LOADGEN_CPUS, emulator on CPU $UPSTREAM_CPUS, gateway (nginx: 1 worker; nxgate: 1 worker thread) on CPU $GATEWAY_CPUS"
+    echo "- pinning: wrk on CPU $LOADGEN_CPUS, emulator on CPU $UPSTREAM_CPUS, gateway (nginx: 1 worker; Pingora and nxgate: 1 worker thread) on CPU $GATEWAY_CPUS"
   else
     echo "- pinning: none (every process may use every CPU)"
   fi
   echo "- ${DURATION} s measured per row after ${WARMUP} s warm-up at the same concurrency; rows interleaved per concurrency;" \
     "wrk -t1, POST $PATH_ with a 1024-byte JSON body; load average before $LOAD_BEFORE, after $LOAD_AFTER"
-  echo
-  awk -F'\t' -v tck="$CLK_TCK" -v big_idle="$BIG_IDLE_KIB" -v max_req="$MAX_REQ" -v max_resp="$MAX_RESP" '
-    function ms(us) { return sprintf("%.2f", us / 1000) }
-    NR == 1 { next }
-    {
-      n++; row[n] = $1; c[n] = $2; body[n] = $3; req[n] = $4; rps[n] = $4 / ($5 / 1e6)
-      p50[n] = $6; p99[n] = $7; p999[n] = $8; err[n] = $10
-      gcpu[n] = ($4 > 0) ? ($11 / tck) / $4 * 10000 : 0; hwm[n] = $12 / 1024
-      ucpu[n] = ($4 > 0) ? ($13 / tck) / $4 * 10000 : 0
-      if ($1 == "direct") { drps[$2] = rps[n]; dp99[$2] = $7 }
-      if ($1 == "nginx") { nrps[$2] = rps[n]; np99[$2] = $7; ncpu[$2] = gcpu[n] }
-    }
-    END {
-      print "| row | conns | req/s | vs direct | vs nginx | p50 ms | p99 ms | p99.9 ms | p99 over direct ms | gateway CPU s / 10k req | vs nginx CPU | gateway peak RSS MiB | upstream CPU s / 10k req | errors |"
-      print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-      for (i = 1; i <= n; i++) {
-        if (body[i] != 1024) continue
-        isdirect = (row[i] == "direct"); isnginx = (row[i] == "nginx")
-        printf "| %s | %d | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.3f | %d |\n",
-          row[i], c[i], rps[i],
-          sprintf("%.2f", rps[i] / drps[c[i]]),
-          isdirect ? "-" : sprintf("%.2f", rps[i] / nrps[c[i]]),
-          ms(p50[i]), ms(p99[i]), ms(p999[i]),
-          isdirect ? "-" : sprintf("%+.2f", (p99[i] - dp99[c[i]]) / 1000),
-          isdirect ? "-" : sprintf("%.3f", gcpu[i]),
-          (isdirect || isnginx) ? "-" : sprintf("%.2f", gcpu[i] / ncpu[c[i]]),
-          isdirect ? "-" : sprintf("%.1f", hwm[i]),
-          ucpu[i], err[i]
-      }
-      hdr = 0
-      for (i = 1; i <= n; i++) {
-        if (body[i] == 1024) continue
-        if (!hdr) {
-          print ""
-          printf "Memory with %d-byte bodies (limits: max_request_body_bytes %d, max_response_body_bytes %d; idle RSS %.1f MiB):\n\n", body[i], max_req, max_resp, big_idle / 1024
-          print "| row | conns | req/s | p50 ms | p99 ms | gateway peak RSS MiB | bound: idle + conns x (max_request + max_response) MiB | peak / bound | errors |"
-          print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-          hdr = 1
-        }
-        bound = big_idle / 1024 + c[i] * (max_req + max_resp) / 1048576
-        printf "| %s | %d | %.0f | %s | %s | %.1f | %.1f | %.2f | %d |\n", row[i], c[i], rps[i], ms(p50[i]), ms(p99[i]), hwm[i], bound, hwm[i] / bound, err[i]
-      }
-    }' "$RAW"
-} | tee "$OUT"
+} >"$BASE.head.md"
+bash "$ROOT/bench/report.sh" "$BASE" | tee "$OUT"
 echo "results: $OUT (raw: ${OUT%.md}.tsv)" >&2
