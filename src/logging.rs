@@ -6,7 +6,7 @@
 
 use clap::ValueEnum;
 use tracing::{Level, Metadata};
-use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -30,6 +30,9 @@ pub fn is_safe_to_log(meta: &Metadata<'_>) -> bool {
 pub fn init(format: LogFormat, default_filter: &str) {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Without a hint the safety filter would leave the global maximum at TRACE, and every
+    // `log` record Pingora makes (13 per request) would be built only to be dropped.
+    let hint = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let output = match format {
         LogFormat::Text => fmt.boxed(),
@@ -37,6 +40,6 @@ pub fn init(format: LogFormat, default_filter: &str) {
     };
     // A second init (tests, demo) keeps the first subscriber; nothing else to do.
     let _ = tracing_subscriber::registry()
-        .with(output.with_filter(filter).with_filter(filter_fn(is_safe_to_log)))
+        .with(output.with_filter(filter).with_filter(filter_fn(is_safe_to_log).with_max_level_hint(hint)))
         .try_init();
 }
