@@ -93,13 +93,15 @@ impl Drop for InFlightSlot {
 
 impl InFlightCounter {
     /// Takes a slot if fewer than `max` are taken; never waits.
+    ///
+    /// Compare-and-swap, not increment-then-undo: with the undo, refused requests would
+    /// inflate the count for a moment and refuse a request that should fit.
     pub fn try_acquire(self: &Arc<Self>, max: Option<u32>) -> Option<InFlightSlot> {
-        let taken = self.0.fetch_add(1, Ordering::AcqRel);
-        let slot = InFlightSlot(self.clone());
-        match max {
-            Some(max) if taken >= max => None, // dropping `slot` gives the count back
-            _ => Some(slot),
-        }
+        let limit = max.unwrap_or(u32::MAX);
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| (taken < limit).then_some(taken + 1))
+            .ok()
+            .map(|_| InFlightSlot(self.clone()))
     }
 
     /// Slots taken now.
@@ -266,6 +268,28 @@ mod tests {
         drop(held);
         assert_eq!(c.current(), 0);
         assert!(c.try_acquire(None).is_some());
+    }
+
+    #[test]
+    fn refused_acquisitions_never_crowd_out_a_request_that_fits() {
+        // Many threads race for 3 slots while 2 are held: exactly one more may get in.
+        let c = Arc::new(InFlightCounter::default());
+        let _held: Vec<_> = (0..2).map(|_| c.try_acquire(Some(3)).unwrap()).collect();
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let got: usize = (0..16)
+            .map(|_| {
+                let (c, barrier) = (c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    c.try_acquire(Some(3)).map(std::mem::forget).is_some()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum();
+        assert_eq!(got, 1);
+        assert_eq!(c.current(), 3);
     }
 
     #[test]
