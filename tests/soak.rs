@@ -91,6 +91,18 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
+/// Open-fd counts sampled 20 times over 2 s: upstream connections open and close with
+/// every fault, so one sample says little; a window shows the band the count moves in.
+fn fd_window(pid: u32) -> (usize, usize) {
+    let samples: Vec<usize> = (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            fd_count(pid)
+        })
+        .collect();
+    (*samples.iter().min().unwrap(), *samples.iter().max().unwrap())
+}
+
 #[test]
 fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
     let secs: u64 = std::env::var("NXGATE_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
@@ -142,10 +154,10 @@ fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
     let warm_up = Duration::from_secs((secs / 6).max(2));
     std::thread::sleep(warm_up);
     let rss_warm = proc_status(pid, "VmRSS:");
-    let fds_warm = fd_count(pid);
-    std::thread::sleep(Duration::from_secs(secs).saturating_sub(warm_up));
+    let fds_warm = fd_window(pid);
+    std::thread::sleep(Duration::from_secs(secs).saturating_sub(warm_up + Duration::from_secs(4)));
     let rss_end = proc_status(pid, "VmRSS:");
-    let fds_end = fd_count(pid);
+    let fds_end = fd_window(pid);
     stop.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let (mut sent, mut answered) = (0, 0);
@@ -164,7 +176,7 @@ fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
     for ((kind, outcome), n) in rows {
         println!("  {kind:?} -> {outcome}: {n}");
     }
-    println!("  RSS after warm-up {rss_warm} kB, at end {rss_end} kB; fds {fds_warm} -> {fds_end}");
+    println!("  RSS after warm-up {rss_warm} kB, at end {rss_end} kB; fds (min, max) {fds_warm:?} -> {fds_end:?}");
 
     assert_eq!(sent, answered, "count in != count out");
     assert_eq!(total, answered);
@@ -178,6 +190,7 @@ fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
         (rss_end as f64) <= rss_warm as f64 * 1.2 && (rss_end as f64) >= rss_warm as f64 * 0.8,
         "RSS moved more than 20%: {rss_warm} kB -> {rss_end} kB"
     );
-    // Connections to the upstream open and close with faults, so allow a few in transit.
-    assert!(fds_end <= fds_warm + 8, "fd growth: {fds_warm} -> {fds_end}");
+    // A leak (one fd per request or per fault) would add thousands over the run; the
+    // band the count moves in as upstream connections churn must not have risen.
+    assert!(fds_end.0 <= fds_warm.1, "fd growth: (min, max) {fds_warm:?} -> {fds_end:?}");
 }
