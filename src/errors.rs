@@ -21,6 +21,12 @@ pub enum GatewayError {
     /// No tenant could be chosen for this caller.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// The caller did not send a whole request header within `limits.request_header_timeout_ms`.
+    #[error("request header not received within {timeout_ms} ms")]
+    RequestHeaderTimeout {
+        /// The configured limit.
+        timeout_ms: u64,
+    },
     /// The path is outside `routes.allow_prefixes`.
     #[error("path is not an allowed route")]
     RouteNotAllowed,
@@ -88,6 +94,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => (400, 40001, "bad_request"),
             GatewayError::Unauthenticated(_) => (401, 40101, "unauthenticated"),
             GatewayError::RouteNotAllowed => (404, 40401, "route_not_allowed"),
+            GatewayError::RequestHeaderTimeout { .. } => (408, 40801, "request_header_timeout"),
             GatewayError::BodyTooLarge { .. } => (413, 41301, "body_too_large"),
             GatewayError::RateLimited { .. } => (429, 42901, "rate_limited"),
             GatewayError::Overloaded { .. } => (429, 42902, "overloaded"),
@@ -128,6 +135,22 @@ impl ErrorResponse {
         let json = serde_json::to_vec(&body).expect("plain struct serializes");
         ErrorResponse { status: err.status(), kind: err.kind(), body: Bytes::from(json) }
     }
+
+    /// The whole HTTP/1.1 response, ending the connection, for where no parsed request (and
+    /// so no Pingora session) exists to answer through: a header that never completed.
+    pub fn to_http1_closing(&self, req_id: &str) -> Vec<u8> {
+        let reason = http::StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\n{ERROR_KIND_HEADER}: {}\r\n\
+             x-request-id: {req_id}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            self.status,
+            self.kind,
+            self.body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +162,7 @@ mod tests {
             GatewayError::BadRequest("x".into()),
             GatewayError::Unauthenticated("no key"),
             GatewayError::RouteNotAllowed,
+            GatewayError::RequestHeaderTimeout { timeout_ms: 1 },
             GatewayError::BodyTooLarge { limit: 1 },
             GatewayError::RateLimited { retry_after_secs: 1 },
             GatewayError::Overloaded { limit: 1 },
@@ -162,6 +186,7 @@ mod tests {
                 (400, 40001, "bad_request"),
                 (401, 40101, "unauthenticated"),
                 (404, 40401, "route_not_allowed"),
+                (408, 40801, "request_header_timeout"),
                 (413, 41301, "body_too_large"),
                 (429, 42901, "rate_limited"),
                 (429, 42902, "overloaded"),
@@ -188,5 +213,24 @@ mod tests {
         let msg = v["msg"].as_str().unwrap();
         assert!(msg.contains("requestID") && msg.contains("200"), "{msg}");
         assert_eq!(v.as_object().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_closing_http1_response_parses_and_carries_the_same_body() {
+        let e = GatewayError::RequestHeaderTimeout { timeout_ms: 10_000 };
+        let r = ErrorResponse::new(&e, "rid", 1);
+        let raw = r.to_http1_closing("rid");
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head_len) = parsed.parse(&raw).unwrap() else { panic!("incomplete") };
+        assert_eq!((parsed.code, parsed.reason), (Some(408), Some("Request Timeout")));
+        let get = |n: &str| parsed.headers.iter().find(|h| h.name == n).map(|h| std::str::from_utf8(h.value).unwrap());
+        assert_eq!(get("connection"), Some("close"));
+        assert_eq!(get(ERROR_KIND_HEADER), Some("request_header_timeout"));
+        assert_eq!(get("x-request-id"), Some("rid"));
+        assert_eq!(get("content-length"), Some(r.body.len().to_string().as_str()));
+        assert_eq!(&raw[head_len..], &r.body[..]);
+        let v: serde_json::Value = serde_json::from_slice(&raw[head_len..]).unwrap();
+        assert_eq!(v["code"], 40801);
     }
 }

@@ -13,6 +13,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod downstream;
 pub mod emulator;
 pub mod errors;
 pub mod exchange;

@@ -3,21 +3,27 @@
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::admin::{AdminApp, Housekeeping};
 use crate::config::GatewayConfig;
+use crate::downstream::HeaderDeadline;
 use crate::generation;
 use crate::lifecycle::{Lifecycle, Signals};
 use crate::metrics::Metrics;
-use crate::proxy::NxGate;
+use crate::proxy::{NxGate, DOWNSTREAM_KEEPALIVE_SECS};
 use crate::reload::Reloader;
 
 /// Seconds each runtime gets to finish its tasks once the grace period is over.
 pub const RUNTIME_SHUTDOWN_SECS: u64 = 5;
+
+/// Per-connection write buffer on the proxy listeners.
+const DOWNSTREAM_WRITE_BUFFER: usize = 16 * 1024;
 
 /// How a process starts: fresh, or taking over the listening sockets of a running one.
 #[derive(Debug, Clone, Default)]
@@ -74,21 +80,27 @@ impl Gateway {
         let live = generation::live(config, metrics.clone());
         let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone()));
 
-        let app = NxGate::new(live, metrics.clone(), lifecycle.clone());
-        let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, app, "nxgate");
+        let app = NxGate::new(live.clone(), metrics.clone(), lifecycle.clone());
+        let mut proxy = pingora::proxy::http_proxy(&server.configuration, app);
         // HTTP/2 with prior knowledge (h2c) on the same ports; HTTP/1 callers are unaffected
-        // (Pingora peeks for the h2 preface).
+        // (Pingora peeks for the h2 preface). An h2 connection with no stream open is closed
+        // after the same idle time as an HTTP/1 keep-alive connection.
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2c = true;
-        proxy.app_logic_mut().expect("a fresh service has its app").server_options = Some(options);
+        options.h2_idle_timeout = Some(Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
+        proxy.server_options = Some(options);
+        let mut proxy = Service::new("nxgate".to_owned(), HeaderDeadline::new(proxy, live.clone()));
         for addr in &listen {
-            proxy.add_tcp(&addr.to_string());
+            // A 16 KiB write buffer lets a response header and a body of up to ~15 KiB leave
+            // in one segment; Pingora's 1,460-byte default splits a 1 KiB answer in two.
+            let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
+            proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
         }
         server.add_service(proxy);
 
         if let Some(addr) = admin_listen {
             let admin = AdminApp { lifecycle: lifecycle.clone(), metrics, reloader: reloader.clone() };
-            let mut svc = Service::new("nxgate admin".to_owned(), admin);
+            let mut svc = Service::new("nxgate admin".to_owned(), HeaderDeadline::new(admin, live.clone()));
             svc.add_tcp(&addr.to_string());
             server.add_service(svc);
         }

@@ -100,10 +100,22 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<u8>
 /// An emulator, a recording relay in front of it, and a gateway pointed at the relay.
 /// Declared in this order so the gateway is killed first when the tuple is dropped.
 fn hostile_gateway() -> (Emulator, Recorder, Gateway) {
+    hostile_gateway_with(|_| {})
+}
+
+/// Like `hostile_gateway`, with the options adjusted first.
+fn hostile_gateway_with(adjust: impl FnOnce(&mut GatewayOptions)) -> (Emulator, Recorder, Gateway) {
     let emu = Emulator::start();
     let rec = Recorder::start(emu.addr);
-    let gw = Gateway::start(&GatewayOptions::new(rec.url()));
+    let mut opts = GatewayOptions::new(rec.url());
+    adjust(&mut opts);
+    let gw = Gateway::start(&opts);
     (emu, rec, gw)
+}
+
+/// A gateway whose callers get `ms` to send a whole request header.
+fn gateway_with_header_timeout(ms: u64) -> (Emulator, Recorder, Gateway) {
+    hostile_gateway_with(|o| o.extra_top = format!("limits: {{ request_header_timeout_ms: {ms} }}\n"))
 }
 
 // ---- harness: raw exchanges ----------------------------------------------------------------
@@ -289,10 +301,125 @@ fn a_body_trickled_past_thirty_seconds_gets_400_and_a_close() {
 }
 
 #[test]
+fn a_header_trickled_past_the_header_deadline_gets_408_and_a_close() {
+    // One byte every 200 ms never trips Pingora's per-read timeout; the whole-header
+    // deadline (1.5 s here) must end it, with the documented 408 and a closed connection.
+    let (_emu, rec, mut gw) = gateway_with_header_timeout(1500);
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let started = Instant::now();
+    s.write_all(head("POST", "/callcentre/slow-header").as_bytes()).unwrap();
+    let reader = s.try_clone().unwrap();
+    let trickler = thread::spawn(move || {
+        for b in b"x-padding: ".iter().cycle() {
+            if started.elapsed() > Duration::from_secs(10) || s.write_all(&[*b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let (buf, end) = read_until_close(reader, started + Duration::from_secs(10));
+    let elapsed = started.elapsed();
+    let (responses, trailing) = parse_responses(&buf);
+    assert_eq!(responses.len(), 1, "got {:?}", String::from_utf8_lossy(&buf));
+    let v = assert_gateway_error(&responses[0], 408, 40801, "request_header_timeout");
+    assert!(v["msg"].as_str().unwrap().contains("1500 ms"), "{v}");
+    assert_eq!(responses[0].header("connection"), Some("close"));
+    assert!(trailing.is_empty());
+    assert_eq!(end, End::Closed);
+    assert!(elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_secs(4), "{elapsed:?}");
+    trickler.join().unwrap();
+    assert_eq!(rec.forwarded(), 0, "a header that never completed was forwarded");
+    assert_still_serving(&mut gw);
+}
+
+#[test]
+fn a_second_request_trickled_on_a_kept_alive_connection_gets_408_too() {
+    // On a reused connection the clock starts at the next request's first byte: the
+    // keep-alive idle time before it does not count, the trickle after it does.
+    let (_emu, rec, mut gw) = gateway_with_header_timeout(1500);
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(ping_bytes("first").as_bytes()).unwrap();
+    let first = read_one_response(s.try_clone().unwrap(), Instant::now() + WAIT);
+    let (responses, _) = parse_responses(&first);
+    assert_eq!(responses.len(), 1);
+    assert_eq!(responses[0].json()["data"], "first");
+    thread::sleep(Duration::from_secs(2)); // idle for longer than the header deadline
+    let started = Instant::now();
+    s.write_all(head("POST", "/callcentre/second").as_bytes()).unwrap();
+    let reader = s.try_clone().unwrap();
+    let trickler = thread::spawn(move || {
+        while started.elapsed() < Duration::from_secs(10) && s.write_all(b"x").is_ok() {
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let (buf, end) = read_until_close(reader, started + Duration::from_secs(10));
+    let elapsed = started.elapsed();
+    let (responses, _) = parse_responses(&buf);
+    assert_eq!(responses.len(), 1, "got {:?}", String::from_utf8_lossy(&buf));
+    assert_gateway_error(&responses[0], 408, 40801, "request_header_timeout");
+    assert_eq!(end, End::Closed);
+    assert!(elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_secs(4), "{elapsed:?}");
+    trickler.join().unwrap();
+    assert_eq!(rec.forwarded(), 1, "only the first request went upstream");
+    assert_still_serving(&mut gw);
+}
+
+#[test]
+fn a_connection_that_never_sends_a_byte_is_closed_silently_at_the_header_deadline() {
+    let (_emu, _rec, mut gw) = gateway_with_header_timeout(1000);
+    let s = TcpStream::connect(gw.addr).unwrap();
+    let started = Instant::now();
+    let (buf, end) = read_until_close(s, started + Duration::from_secs(10));
+    let elapsed = started.elapsed();
+    assert_eq!(end, End::Closed);
+    assert!(buf.is_empty(), "a caller that said nothing is told nothing: {:?}", String::from_utf8_lossy(&buf));
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_still_serving(&mut gw);
+}
+
+#[test]
+fn a_complete_request_shorter_than_the_h2_preface_is_answered_at_once() {
+    // With h2c on, Pingora waits for 24 bytes to compare with the HTTP/2 preface; a whole
+    // HTTP/1.0 request of 19 bytes used to wait forever.
+    let (_emu, rec, mut gw) = hostile_gateway();
+    let req = b"GET /x HTTP/1.0\r\n\r\n";
+    assert!(req.len() < 24);
+    let ex = exchange(gw.addr, req.to_vec(), false, WAIT);
+    assert_eq!(ex.responses.len(), 1, "no answer within {:?}", ex.elapsed);
+    assert!(ex.responses[0].header("x-nxgate-error").is_some(), "expected nxgate's refusal (no key or route)");
+    // HTTP/1.0 without keep-alive: answered, then closed at once.
+    assert_eq!(ex.end, End::Closed);
+    assert!(ex.elapsed < Duration::from_secs(2), "{:?}", ex.elapsed);
+    assert_eq!(rec.forwarded(), 0);
+    assert_still_serving(&mut gw);
+}
+
+#[test]
+fn a_caller_asking_for_close_or_speaking_http_1_0_gets_its_connection_closed_after_the_answer() {
+    let (_emu, rec, mut gw) = hostile_gateway();
+    let close = ping_bytes("close").replacen("\r\n", "\r\nconnection: close\r\n", 1);
+    let http10 = ping_bytes("one-oh").replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let kept = ping_bytes("kept");
+    for (req, data, closed) in [(close, "close", true), (http10, "one-oh", true), (kept, "kept", false)] {
+        let ex = exchange(gw.addr, req.into_bytes(), false, Duration::from_secs(2));
+        assert_eq!(ex.responses.len(), 1, "{data}");
+        assert_eq!(ex.responses[0].json()["data"], data);
+        assert_eq!(ex.end == End::Closed, closed, "{data}: closed after {:?}", ex.elapsed);
+        if closed {
+            assert!(ex.elapsed < Duration::from_secs(1), "{data}: closed only after {:?}", ex.elapsed);
+        }
+    }
+    assert_eq!(rec.forwarded(), 3);
+    assert_still_serving(&mut gw);
+}
+
+#[test]
 fn slowly_trickled_headers_from_many_callers_are_served_and_do_not_block_others() {
-    // 50 callers each send their request one byte at a time, round robin, ~20 ms apart.
-    // Pingora's header timeout is per read (60 s), so none of them is cut off, and while
-    // they dribble, an ordinary caller is answered at once.
+    // 50 callers each send their request one byte at a time, round robin, ~20 ms apart,
+    // and each finishes within the (default, 10 s) header deadline, so none is cut off;
+    // while they dribble, an ordinary caller is answered at once.
     let (_emu, rec, mut gw) = hostile_gateway();
     let requests: Vec<Vec<u8>> = (0..50).map(|i| ping_bytes(&format!("slow-{i}")).into_bytes()).collect();
     let mut conns: Vec<TcpStream> = (0..50)
@@ -658,6 +785,148 @@ fn pipelined_requests_are_never_answered_out_of_order_or_mixed_up() {
     if ex.responses.len() < 3 {
         assert_eq!(ex.end, End::Closed, "unanswered pipelined requests left the caller hanging");
     }
+    assert_still_serving(&mut gw);
+}
+
+// ---- h2c -------------------------------------------------------------------------------------
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_DATA: u8 = 0x0;
+const H2_HEADERS: u8 = 0x1;
+const H2_SETTINGS: u8 = 0x4;
+const H2_GOAWAY: u8 = 0x7;
+const H2_CONTINUATION: u8 = 0x9;
+const H2_END_STREAM: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+/// RFC 9113 §7 error codes.
+const H2_FRAME_SIZE_ERROR: u32 = 0x6;
+
+/// One HTTP/2 frame: 24-bit length, type, flags, 31-bit stream id, payload.
+fn h2_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A header block for `POST /callcentre/api/v3/ping` (HPACK: static-table names, literal
+/// values, no Huffman) as tenant A.
+fn h2_ping_block() -> Vec<u8> {
+    let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
+    for (index, value) in [(4u8, "/callcentre/api/v3/ping"), (1, "nxgate.local")] {
+        b.push(index); // literal without indexing, indexed name (4-bit prefix)
+        b.push(value.len() as u8);
+        b.extend_from_slice(value.as_bytes());
+    }
+    let auth = format!("Bearer {KEY_A}");
+    b.extend_from_slice(&[0x0f, 0x08]); // literal without indexing, name index 23 (authorization)
+    b.push(auth.len() as u8);
+    b.extend_from_slice(auth.as_bytes());
+    b
+}
+
+/// Writes `bytes` from a thread (the gateway may stop reading) and collects the frames the
+/// gateway sends until it closes the connection or `wait` passes.
+fn h2_exchange(addr: SocketAddr, bytes: Vec<u8>, wait: Duration) -> (Vec<(u8, Vec<u8>)>, End) {
+    let stream = TcpStream::connect(addr).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let feeder = thread::spawn(move || {
+        for piece in bytes.chunks(64 * 1024) {
+            if writer.write_all(piece).is_err() {
+                break;
+            }
+        }
+    });
+    let (buf, end) = read_until_close(stream, Instant::now() + wait);
+    feeder.join().unwrap();
+    let mut frames = Vec::new();
+    let mut rest = &buf[..];
+    while rest.len() >= 9 {
+        let len = (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+        if rest.len() < 9 + len {
+            break;
+        }
+        frames.push((rest[3], rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    (frames, end)
+}
+
+/// The error code of the GOAWAY among `frames`, if any.
+fn goaway_code(frames: &[(u8, Vec<u8>)]) -> Option<u32> {
+    frames.iter().find(|(ty, p)| *ty == H2_GOAWAY && p.len() >= 8).map(|(_, p)| u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+}
+
+#[test]
+fn an_h2c_frame_over_the_maximum_size_ends_the_connection_with_frame_size_error() {
+    let (_emu, rec, mut gw) = hostile_gateway();
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    // 16,384 bytes is the largest frame a peer must accept unless it raised the limit.
+    let mut block = h2_ping_block();
+    block.resize(16_385, 0);
+    bytes.extend(h2_frame(H2_HEADERS, H2_END_HEADERS | H2_END_STREAM, 1, &block));
+    let (frames, end) = h2_exchange(gw.addr, bytes, WAIT);
+    assert_eq!(goaway_code(&frames), Some(H2_FRAME_SIZE_ERROR), "frames: {frames:?}");
+    assert_eq!(end, End::Closed);
+    assert!(!frames.iter().any(|(ty, _)| *ty == H2_HEADERS), "no response to an oversized request");
+    assert_eq!(rec.forwarded(), 0);
+    assert_still_serving(&mut gw);
+}
+
+#[test]
+fn an_h2c_data_frame_over_the_maximum_size_is_refused_too() {
+    // The same limit holds for body frames of a request that was accepted.
+    let (_emu, rec, mut gw) = hostile_gateway();
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    bytes.extend(h2_frame(H2_HEADERS, H2_END_HEADERS, 1, &h2_ping_block()));
+    bytes.extend(h2_frame(H2_DATA, H2_END_STREAM, 1, &vec![b'a'; 16_385]));
+    let (frames, end) = h2_exchange(gw.addr, bytes, WAIT);
+    assert_eq!(goaway_code(&frames), Some(H2_FRAME_SIZE_ERROR), "frames: {frames:?}");
+    assert_eq!(end, End::Closed);
+    assert_eq!(rec.forwarded(), 0, "a body cut off by a protocol error was forwarded");
+    assert_still_serving(&mut gw);
+}
+
+#[test]
+fn an_endless_h2c_continuation_flood_is_cut_off() {
+    // A header block that never ends (CONTINUATION frames without END_HEADERS) must not
+    // be buffered without bound: 64 MiB are offered, the gateway must give up long before.
+    let (_emu, rec, mut gw) = hostile_gateway();
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    let mut block = h2_ping_block();
+    // The start of a literal header whose value is far larger than any header list limit.
+    block.extend_from_slice(&[0x00, 0x01, b'x', 0x7f, 0xff, 0xff, 0xff, 0x1f]);
+    bytes.extend(h2_frame(H2_HEADERS, H2_END_STREAM, 1, &block));
+    let filler = vec![b'a'; 16_384];
+    for _ in 0..4096 {
+        bytes.extend(h2_frame(H2_CONTINUATION, 0, 1, &filler));
+    }
+    let (frames, end) = h2_exchange(gw.addr, bytes, Duration::from_secs(20));
+    assert_eq!(end, End::Closed, "frames: {frames:?}");
+    assert!(goaway_code(&frames).is_some_and(|c| c != 0), "expected a GOAWAY with an error: {frames:?}");
+    assert_eq!(rec.forwarded(), 0);
+    assert_still_serving(&mut gw);
+}
+
+#[test]
+fn an_h2c_request_over_raw_frames_is_signed_and_answered() {
+    // The positive control for the frame-level tests above: the same hand-made frames,
+    // within limits, make a request that is answered.
+    let (_emu, rec, mut gw) = hostile_gateway();
+    let body = br#"{"data":"raw-h2"}"#;
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    bytes.extend(h2_frame(H2_HEADERS, H2_END_HEADERS, 1, &h2_ping_block()));
+    bytes.extend(h2_frame(H2_DATA, H2_END_STREAM, 1, body));
+    let (frames, _) = h2_exchange(gw.addr, bytes, Duration::from_secs(2));
+    assert!(frames.iter().any(|(ty, _)| *ty == H2_HEADERS), "frames: {frames:?}");
+    let data: Vec<u8> = frames.iter().filter(|(ty, _)| *ty == H2_DATA).flat_map(|(_, p)| p.clone()).collect();
+    assert!(String::from_utf8_lossy(&data).contains(r#""data":"raw-h2""#), "{:?}", String::from_utf8_lossy(&data));
+    assert_eq!(rec.forwarded(), 1);
     assert_still_serving(&mut gw);
 }
 

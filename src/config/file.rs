@@ -136,6 +136,9 @@ pub struct LimitsFile {
     /// Largest upstream response body accepted.
     #[serde(default = "defaults::max_response_body_bytes")]
     pub max_response_body_bytes: u64,
+    /// Time a caller has to send a whole request header.
+    #[serde(default = "defaults::request_header_timeout_ms")]
+    pub request_header_timeout_ms: u64,
 }
 
 impl Default for LimitsFile {
@@ -143,6 +146,7 @@ impl Default for LimitsFile {
         LimitsFile {
             max_request_body_bytes: defaults::max_request_body_bytes(),
             max_response_body_bytes: defaults::max_response_body_bytes(),
+            request_header_timeout_ms: defaults::request_header_timeout_ms(),
         }
     }
 }
@@ -275,6 +279,10 @@ pub mod defaults {
     /// `limits.max_response_body_bytes`.
     pub fn max_response_body_bytes() -> u64 {
         8_388_608
+    }
+    /// `limits.request_header_timeout_ms`.
+    pub fn request_header_timeout_ms() -> u64 {
+        10_000
     }
     /// `verify.max_clock_skew_secs`.
     pub fn max_clock_skew_secs() -> u64 {

@@ -80,6 +80,8 @@ pub struct GatewayConfig {
     pub max_request_body_bytes: usize,
     /// Largest upstream response body accepted.
     pub max_response_body_bytes: usize,
+    /// Time a caller has to send a whole request header (see `downstream`).
+    pub request_header_timeout: Duration,
     /// Response verification mode.
     pub verify_mode: VerifyMode,
     /// Largest accepted createTs distance, seconds.
@@ -270,6 +272,8 @@ pub fn validate(
     let max_request_body_bytes = positive_size("limits.max_request_body_bytes", limits.max_request_body_bytes, &mut p);
     let max_response_body_bytes =
         positive_size("limits.max_response_body_bytes", limits.max_response_body_bytes, &mut p);
+    let request_header_timeout =
+        positive_ms("limits.request_header_timeout_ms", limits.request_header_timeout_ms, &mut p);
 
     if file.routes.allow_prefixes.is_empty() {
         p.add("routes.allow_prefixes", "at least one prefix is required (nothing could be proxied)");
@@ -350,6 +354,7 @@ pub fn validate(
         upstream: upstream.expect("no problems means the upstream validated"),
         max_request_body_bytes,
         max_response_body_bytes,
+        request_header_timeout,
         verify_mode: file.verify.mode,
         max_clock_skew_secs: file.verify.max_clock_skew_secs,
         allow_prefixes: file.routes.allow_prefixes,

@@ -40,6 +40,7 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.upstream.total_timeout, Duration::from_millis(60000));
     assert_eq!(c.max_request_body_bytes, 1_048_576);
     assert_eq!(c.max_response_body_bytes, 8_388_608);
+    assert_eq!(c.request_header_timeout, Duration::from_millis(10_000));
     assert_eq!(c.verify_mode, VerifyMode::Enforce);
     assert_eq!(c.max_clock_skew_secs, 300);
     assert_eq!(c.allow_prefixes, vec!["/callcentre/".to_owned()]);
@@ -98,6 +99,13 @@ fn redis_url_env_keeps_the_password_out_of_the_file() {
 }
 
 #[test]
+fn request_header_timeout_is_read_and_must_be_positive() {
+    let c = load_text(&format!("{MINIMAL}limits: {{ request_header_timeout_ms: 2500 }}\n")).unwrap();
+    assert_eq!(c.request_header_timeout, Duration::from_millis(2500));
+    assert_problem(&format!("{MINIMAL}limits: {{ request_header_timeout_ms: 0 }}\n"), "limits.request_header_timeout_ms");
+}
+
+#[test]
 fn admin_listen_is_validated_and_can_be_disabled() {
     assert_eq!(load_text(&format!("{MINIMAL}admin_listen: null\n")).unwrap().admin_listen, None);
     assert_problem(&format!("{MINIMAL}admin_listen: \"nowhere\"\n"), "admin_listen");
@@ -119,6 +127,7 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(shipped.upstream.extra_roots, minimal.upstream.extra_roots);
     assert_eq!(shipped.max_request_body_bytes, minimal.max_request_body_bytes);
     assert_eq!(shipped.max_response_body_bytes, minimal.max_response_body_bytes);
+    assert_eq!(shipped.request_header_timeout, minimal.request_header_timeout);
     assert_eq!(shipped.verify_mode, minimal.verify_mode);
     assert_eq!(shipped.max_clock_skew_secs, minimal.max_clock_skew_secs);
     assert_eq!(shipped.allow_prefixes, minimal.allow_prefixes);
