@@ -168,7 +168,11 @@ impl ProxyHttp for NxGate {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         // One snapshot for the whole request: a reload mid-request changes nothing here.
         let generation = self.live.load_full();
-        session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+        // Pingora has already applied the caller's wishes (HTTP/1.0, `Connection: close`);
+        // only bound the idle time of a connection that stays open.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+        }
         let result = handle(&generation, &self.metrics, session, ctx).await;
         let mut reply = match result {
             Ok(reply) => reply,
