@@ -15,7 +15,12 @@
 //! 6. `verify`: `verify::verify_response` on the signed 1 KiB answer.
 //! 7. `response_headers`: `headers::unforwardable_response_headers`, removing them from the
 //!    upstream's `ResponseHeader`, then Content-Length and x-request-id (`proxy::caller_reply`).
+//!
 //! `whole_path/{MD5,SHA256}` runs 1-7 for one request.
+//!
+//! `key_lookup/{first,last,near_miss,unknown}` times `TenantDirectory::by_key` against
+//! 200 stored keys for keys that match at either end or not at all: the times must agree
+//! (a guess learns nothing from how long its refusal took).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
@@ -208,6 +213,21 @@ fn benches(c: &mut Criterion) {
         });
     }
     whole.finish();
+
+    let keys: Vec<String> = (0..200).map(|i| format!("client-key-{i:03}")).collect();
+    let mut many = cfg.tenants[0].clone();
+    many.client_key_hashes = keys.iter().map(|k| sha256(k.as_bytes())).collect();
+    let dir = TenantDirectory::new(vec![many], None);
+    let mut lookup = c.benchmark_group("key_lookup");
+    for (name, key) in [("first", "client-key-000"), ("last", "client-key-199"), ("near_miss", "client-key-19"), ("unknown", "zzzzzzzzzzzzzz")] {
+        lookup.bench_function(name, |b| b.iter(|| dir.by_key(black_box(key.as_bytes())).is_some()));
+    }
+    lookup.finish();
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 criterion_group!(request_path_benches, benches);
