@@ -383,6 +383,30 @@ mod tests {
     }
 
     #[test]
+    fn header_end_agrees_with_httparse_wherever_the_reads_split() {
+        let requests: [&[u8]; 6] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n",
+            b"\nGET /y HTTP/1.1\nHost: a\nx: \r\n\n",
+            b"GET / HTTP/1.1\r\nx-empty:\r\nx-spaces:   \r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET /z HTTP/1.1\r\nHost: a\n\r\n",
+        ];
+        for req in requests {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let parsed = httparse::Request::new(&mut headers).parse(req).expect("a valid request");
+            let httparse::Status::Complete(len) = parsed else { panic!("incomplete: {req:?}") };
+            let mut with_body = req.to_vec();
+            with_body.extend_from_slice(b"\r\n\r\nbody\n\n");
+            for split in 0..=with_body.len() {
+                let (a, b) = with_body.split_at(split);
+                let got = end_of(&[a, b]).map(|(i, n)| if i == 0 { n } else { a.len() + n });
+                assert_eq!(got, Some(len), "{:?} split at {split}", String::from_utf8_lossy(req));
+            }
+        }
+    }
+
+    #[test]
     fn only_final_responses_end_a_request() {
         assert!(is_final_response_start(b"HTTP/1.1 200 OK\r\n"));
         assert!(is_final_response_start(b"HTTP/1.1 408 Request Timeout\r\n"));
