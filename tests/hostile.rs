@@ -267,6 +267,37 @@ const WAIT: Duration = Duration::from_secs(5);
 
 // ---- slow senders ----------------------------------------------------------------------------
 
+/// What a slow sender got: one response expected, then the connection closed.
+struct Trickled {
+    responses: Vec<Response>,
+    raw: Vec<u8>,
+    end: End,
+    /// From the start of the trickle to the close.
+    elapsed: Duration,
+}
+
+/// Sends `pattern` one byte every 200 ms (cycling) on `s` until the gateway stops us or
+/// `limit` passes, reading all the while.
+fn trickle_until_closed(mut s: TcpStream, pattern: &'static [u8], limit: Duration) -> Trickled {
+    let started = Instant::now();
+    let reader = s.try_clone().unwrap();
+    let trickler = thread::spawn(move || {
+        for b in pattern.iter().cycle() {
+            if started.elapsed() > limit || s.write_all(&[*b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let (raw, end) = read_until_close(reader, started + limit);
+    let elapsed = started.elapsed();
+    trickler.join().unwrap();
+    let (responses, trailing) = parse_responses(&raw);
+    assert!(trailing.is_empty(), "bytes after the response: {:?}", String::from_utf8_lossy(&trailing));
+    assert_eq!(responses.len(), 1, "got {:?}", String::from_utf8_lossy(&raw));
+    Trickled { responses, raw, end, elapsed }
+}
+
 #[test]
 fn a_body_trickled_past_thirty_seconds_gets_400_and_a_close() {
     // REQUEST_BODY_TIMEOUT bounds the whole body, not each read: one byte every 200 ms
@@ -275,27 +306,13 @@ fn a_body_trickled_past_thirty_seconds_gets_400_and_a_close() {
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_nodelay(true).unwrap();
     s.write_all(format!("{}content-length: 100000\r\n\r\n", head("POST", "/callcentre/slow-body")).as_bytes()).unwrap();
-    let started = Instant::now();
-    let reader = s.try_clone().unwrap();
-    let trickler = thread::spawn(move || {
-        // Keep trickling until the gateway stops us (or 40 s, the test's own bound).
-        while started.elapsed() < Duration::from_secs(40) {
-            if s.write_all(b"a").is_err() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-    });
-    let (buf, end) = read_until_close(reader, started + Duration::from_secs(40));
-    let elapsed = started.elapsed();
-    let (responses, _) = parse_responses(&buf);
-    assert_eq!(responses.len(), 1, "got {:?}", String::from_utf8_lossy(&buf));
-    let v = assert_gateway_error(&responses[0], 400, 40001, "bad_request");
+    // Keep trickling until the gateway stops us (or 40 s, the test's own bound).
+    let t = trickle_until_closed(s, b"a", Duration::from_secs(40));
+    let v = assert_gateway_error(&t.responses[0], 400, 40001, "bad_request");
     assert!(v["msg"].as_str().unwrap().contains("30 s"), "{v}");
-    assert_eq!(responses[0].header("connection"), Some("close"));
-    assert_eq!(end, End::Closed);
-    assert!(elapsed >= Duration::from_secs(29) && elapsed < Duration::from_secs(36), "{elapsed:?}");
-    trickler.join().unwrap();
+    assert_eq!(t.responses[0].header("connection"), Some("close"));
+    assert_eq!(t.end, End::Closed);
+    assert!(t.elapsed >= Duration::from_secs(29) && t.elapsed < Duration::from_secs(36), "{:?}", t.elapsed);
     assert_eq!(rec.forwarded(), 0, "a body that never completed was forwarded");
     assert_still_serving(&mut gw);
 }
@@ -307,28 +324,13 @@ fn a_header_trickled_past_the_header_deadline_gets_408_and_a_close() {
     let (_emu, rec, mut gw) = gateway_with_header_timeout(1500);
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_nodelay(true).unwrap();
-    let started = Instant::now();
     s.write_all(head("POST", "/callcentre/slow-header").as_bytes()).unwrap();
-    let reader = s.try_clone().unwrap();
-    let trickler = thread::spawn(move || {
-        for b in b"x-padding: ".iter().cycle() {
-            if started.elapsed() > Duration::from_secs(10) || s.write_all(&[*b]).is_err() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-    });
-    let (buf, end) = read_until_close(reader, started + Duration::from_secs(10));
-    let elapsed = started.elapsed();
-    let (responses, trailing) = parse_responses(&buf);
-    assert_eq!(responses.len(), 1, "got {:?}", String::from_utf8_lossy(&buf));
-    let v = assert_gateway_error(&responses[0], 408, 40801, "request_header_timeout");
+    let t = trickle_until_closed(s, b"x-padding: ", Duration::from_secs(10));
+    let v = assert_gateway_error(&t.responses[0], 408, 40801, "request_header_timeout");
     assert!(v["msg"].as_str().unwrap().contains("1500 ms"), "{v}");
-    assert_eq!(responses[0].header("connection"), Some("close"));
-    assert!(trailing.is_empty());
-    assert_eq!(end, End::Closed);
-    assert!(elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_secs(4), "{elapsed:?}");
-    trickler.join().unwrap();
+    assert_eq!(t.responses[0].header("connection"), Some("close"));
+    assert_eq!(t.end, End::Closed);
+    assert!(t.elapsed >= Duration::from_millis(1300) && t.elapsed < Duration::from_secs(4), "{:?}", t.elapsed);
     assert_eq!(rec.forwarded(), 0, "a header that never completed was forwarded");
     assert_still_serving(&mut gw);
 }
@@ -346,22 +348,11 @@ fn a_second_request_trickled_on_a_kept_alive_connection_gets_408_too() {
     assert_eq!(responses.len(), 1);
     assert_eq!(responses[0].json()["data"], "first");
     thread::sleep(Duration::from_secs(2)); // idle for longer than the header deadline
-    let started = Instant::now();
     s.write_all(head("POST", "/callcentre/second").as_bytes()).unwrap();
-    let reader = s.try_clone().unwrap();
-    let trickler = thread::spawn(move || {
-        while started.elapsed() < Duration::from_secs(10) && s.write_all(b"x").is_ok() {
-            thread::sleep(Duration::from_millis(200));
-        }
-    });
-    let (buf, end) = read_until_close(reader, started + Duration::from_secs(10));
-    let elapsed = started.elapsed();
-    let (responses, _) = parse_responses(&buf);
-    assert_eq!(responses.len(), 1, "got {:?}", String::from_utf8_lossy(&buf));
-    assert_gateway_error(&responses[0], 408, 40801, "request_header_timeout");
-    assert_eq!(end, End::Closed);
-    assert!(elapsed >= Duration::from_millis(1400) && elapsed < Duration::from_secs(4), "{elapsed:?}");
-    trickler.join().unwrap();
+    let t = trickle_until_closed(s, b"x", Duration::from_secs(10));
+    assert_gateway_error(&t.responses[0], 408, 40801, "request_header_timeout");
+    assert_eq!(t.end, End::Closed, "{:?}", String::from_utf8_lossy(&t.raw));
+    assert!(t.elapsed >= Duration::from_millis(1300) && t.elapsed < Duration::from_secs(4), "{:?}", t.elapsed);
     assert_eq!(rec.forwarded(), 1, "only the first request went upstream");
     assert_still_serving(&mut gw);
 }
