@@ -157,8 +157,10 @@ pub fn summary(c: &GatewayConfig) -> String {
         c.allow_prefixes.join(", ")
     ));
     out.push_str(&format!(
-        "limits: request body {} B, response body {} B\n",
-        c.max_request_body_bytes, c.max_response_body_bytes
+        "limits: request body {} B, response body {} B, request header within {} ms\n",
+        c.max_request_body_bytes,
+        c.max_response_body_bytes,
+        c.request_header_timeout.as_millis()
     ));
     out.push_str(&format!("tenants: {}\n", c.tenants.len()));
     for (i, t) in c.tenants.iter().enumerate() {
