@@ -1,9 +1,9 @@
 //! Process wiring: Pingora's server with the proxy, admin and housekeeping services.
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
