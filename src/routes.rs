@@ -13,29 +13,68 @@ pub fn is_allowed(path: &str, allow_prefixes: &[String]) -> bool {
     is_plain(path) && allow_prefixes.iter().any(|p| path.starts_with(p.as_str()))
 }
 
+// Runs on every request, so it works on bytes and allocates nothing; the reference
+// implementation in the tests (the former string version) pins that the rules are the same.
 fn is_plain(path: &str) -> bool {
-    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b'\\') {
+    let p = path.as_bytes();
+    if p.first() != Some(&b'/') || p.iter().any(|&b| b.is_ascii_control() || b == b'\\') {
         return false;
     }
-    !has_encoded_control_byte(path)
-        && path.split('/').all(|segment| {
-            let lower = segment.to_ascii_lowercase();
-            let decoded_dots = lower.replace("%2e", ".");
-            // `..;x` is `..` to servers that treat `;` as a path parameter.
-            let name = decoded_dots.split(';').next().unwrap_or("");
-            name != "." && name != ".." && !lower.contains("%2f") && !lower.contains("%5c")
-        })
+    !has_forbidden_escape(p) && p.split(|&b| b == b'/').all(|segment| !is_dot_segment(segment))
 }
 
-/// Whether `path` holds `%XX` for a control byte (0x00-0x1F or 0x7F).
-fn has_encoded_control_byte(path: &str) -> bool {
-    path.as_bytes().windows(3).any(|w| {
-        w[0] == b'%'
-            && std::str::from_utf8(&w[1..])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .is_some_and(|b| b < 0x20 || b == 0x7f)
+/// Whether `path` holds, in any letter case, `%2f` or `%5c` (an encoded slash or
+/// backslash) or `%XX` for a control byte (0x00-0x1F or 0x7F).
+fn has_forbidden_escape(path: &[u8]) -> bool {
+    path.windows(3).any(|w| {
+        if w[0] != b'%' {
+            return false;
+        }
+        let (hi, lo) = (w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase());
+        if (hi, lo) == (b'2', b'f') || (hi, lo) == (b'5', b'c') {
+            return true;
+        }
+        let Some(lo) = hex_value(lo) else { return false };
+        match (hi, hex_value(hi)) {
+            (_, Some(hi)) => hi < 2 || (hi == 7 && lo == 0xf),
+            // `%+X`: the former check parsed the two bytes with `u8::from_str_radix`, which
+            // takes a leading `+`, so these malformed escapes read as 0x0-0xF and were
+            // refused. Kept: refusing a malformed escape costs no legitimate caller anything.
+            (b'+', None) => true,
+            _ => false,
+        }
     })
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Whether a path segment names `.` or `..`, with any dot spelled `%2e` in any case, and
+/// with anything after a `;` ignored (`..;x` is `..` to servers that treat `;` as a path
+/// parameter).
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let name = segment.split(|&b| b == b';').next().unwrap_or(&[]);
+    let mut rest = name;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2].eq_ignore_ascii_case(&b'e') {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots == 1 || dots == 2
 }
 
 #[cfg(test)]
@@ -83,8 +122,111 @@ mod tests {
             "/callcentre/..;/admin",
             "/callcentre/.;x/admin",
             "/callcentre/%2e%2e;jsessionid=1/admin",
+            "/callcentre/%2E/admin",
+            "/callcentre/%2e%2E/admin",
+            "/callcentre/.%2E/admin",
+            "/callcentre/%2E./admin",
+            "/callcentre/%2e%2E;x/admin",
+            "/callcentre/.;/admin",
+            "/callcentre/..;",
+            "/callcentre/a/../../admin",
+            "/callcentre/x%2fy",
+            "/callcentre/x%5Cy",
+            "/callcentre/x%00",
+            "/callcentre/x%0a",
+            "/callcentre/x%0A",
+            "/callcentre/x%7F",
+            "/callcentre/x%1f%20",
+            "/callcentre/x\x7f",
+            "/callcentre/x\ny",
+            "/callcentre/%%01",
+            "/callcentre/x%+1",
         ] {
             assert!(!is_allowed(p, &allow()), "{p}");
         }
+    }
+
+    #[test]
+    fn names_that_only_look_like_dot_segments_or_escapes_pass() {
+        for p in [
+            "/callcentre/...",
+            "/callcentre/%2e%2e%2e/x",
+            "/callcentre/.x/x..",
+            "/callcentre/%2ex",
+            "/callcentre/x;..",
+            "/callcentre/x%2",
+            "/callcentre/x%",
+            "/callcentre/x%zz",
+            "/callcentre/x%2g",
+            "/callcentre/x%20",
+            "/callcentre/x%7e",
+            "/callcentre/x%80",
+            "/callcentre/x%-1",
+            "/callcentre/%e2%80%a8",
+            "/callcentre/caf\u{e9}",
+            "/callcentre/%2e%2e%3b/x",
+        ] {
+            assert!(is_allowed(p, &allow()), "{p}");
+        }
+    }
+
+    /// The rules as first written, on strings; `is_plain` must agree with it everywhere.
+    fn is_plain_reference(path: &str) -> bool {
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b'\\') {
+            return false;
+        }
+        let encoded_control = path.as_bytes().windows(3).any(|w| {
+            w[0] == b'%'
+                && std::str::from_utf8(&w[1..])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .is_some_and(|b| b < 0x20 || b == 0x7f)
+        });
+        !encoded_control
+            && path.split('/').all(|segment| {
+                let lower = segment.to_ascii_lowercase();
+                let decoded_dots = lower.replace("%2e", ".");
+                let name = decoded_dots.split(';').next().unwrap_or("");
+                name != "." && name != ".." && !lower.contains("%2f") && !lower.contains("%5c")
+            })
+    }
+
+    #[test]
+    fn byte_rules_agree_with_the_string_rules_on_every_short_path() {
+        const TOKENS: [&str; 24] = [
+            "/", ".", "%", "2", "e", "E", "f", "5", "c", "C", ";", "a", "0", "1", "7", "+", "-", "\\", "\t",
+            "\u{e9}", "%2e", "%2E", "%5c", "%7f",
+        ];
+        let mut checked = 0;
+        let mut path = String::new();
+        let mut idx = [0usize; 4];
+        for len in 0..=4 {
+            idx[..len].fill(0);
+            loop {
+                for lead in ["/", ""] {
+                    path.clear();
+                    path.push_str(lead);
+                    for &i in &idx[..len] {
+                        path.push_str(TOKENS[i]);
+                    }
+                    assert_eq!(is_plain(&path), is_plain_reference(&path), "{path:?}");
+                    checked += 1;
+                }
+                // Next combination, like an odometer.
+                let mut k = 0;
+                while k < len {
+                    idx[k] += 1;
+                    if idx[k] < TOKENS.len() {
+                        break;
+                    }
+                    idx[k] = 0;
+                    k += 1;
+                }
+                if k == len {
+                    break;
+                }
+            }
+        }
+        assert!(checked > 600_000, "{checked}");
     }
 }
