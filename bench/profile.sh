@@ -7,6 +7,7 @@
 # that side).
 #
 #   bash bench/profile.sh        # after bench/run.sh has built everything (or it builds)
+#   ONLY="nxgate-md5 nxgate-md5-nolog" bash bench/profile.sh   # only these rows
 #
 # Output: a markdown table on stdout and in $OUT_DIR.md, and the callgrind files under
 # $OUT_DIR (default bench/results/profile) for `callgrind_annotate --inclusive=yes FILE`.
@@ -109,6 +110,8 @@ ready() {
 ROWS=()
 profile() { # name cmd...   (the target listens on $URL; the process to count is the one started)
   local name=$1; shift
+  # ONLY="nxgate-md5 nxgate-md5-nolog" profiles just those rows (e.g. before/after a change).
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
   echo "  $name: callgrind..." >&2
   valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.$name" "$@" >"$WORK/$name.cg.log" 2>&1 &
   local v=$!
