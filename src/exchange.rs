@@ -88,10 +88,17 @@ pub async fn signed_exchange(
     report: &mut ExchangeReport,
 ) -> Result<UpstreamResponse, GatewayError> {
     let signed = sign(tenant, request_id, now_unix().as_secs(), body);
-    let header = upstream_request(g, out, &signed, body.len())?;
+    // Built here first so a header that cannot be built is refused before anything is sent;
+    // a retry rebuilds it from the same inputs, which therefore cannot fail then.
+    let mut first = Some(upstream_request(g, out, &signed, body.len())?);
+    let header = || {
+        first.take().unwrap_or_else(|| {
+            upstream_request(g, out, &signed, body.len()).expect("built from these same inputs once already")
+        })
+    };
 
     let sent_at = Instant::now();
-    let result = g.upstream.send(&header, body, g.config.max_response_body_bytes).await;
+    let result = g.upstream.send(header, body, g.config.max_response_body_bytes).await;
     report.upstream_time = Some(sent_at.elapsed());
     let response = result?;
     report.upstream_status = Some(response.header.status.as_u16());

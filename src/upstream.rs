@@ -141,10 +141,12 @@ impl Upstream {
 
     /// Sends one request and reads the whole response, all within `total_timeout`.
     ///
-    /// `header` must already carry every header to send, including `Content-Length`.
+    /// `header` is called once per attempt and must return every header to send, including
+    /// `Content-Length`, the same each time. The session consumes the header it writes, so
+    /// the common single attempt builds one and copies none; only a retry builds a second.
     pub async fn send(
         &self,
-        header: &RequestHeader,
+        header: impl FnMut() -> RequestHeader,
         body: &Bytes,
         max_body: usize,
     ) -> Result<UpstreamResponse, UpstreamError> {
@@ -157,20 +159,21 @@ impl Upstream {
 
     async fn send_with_retry(
         &self,
-        header: &RequestHeader,
+        mut header: impl FnMut() -> RequestHeader,
         body: &Bytes,
         max_body: usize,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let peer = self.peer().await?;
+        let cached = self.peer().await?;
+        let peer = &cached.1;
         let mut retried = false;
         loop {
             let (mut session, reused) =
-                self.connector.get_http_session(&peer).await.map_err(|e| connect_error(&e))?;
+                self.connector.get_http_session(peer).await.map_err(|e| connect_error(&e))?;
             session.set_read_timeout(Some(self.cfg.read_timeout));
             session.set_write_timeout(Some(self.cfg.read_timeout));
-            match exchange(&mut session, header.clone(), body, max_body).await {
+            match exchange(&mut session, header(), body, max_body).await {
                 Ok(response) => {
-                    self.connector.release_http_session(session, &peer, peer.idle_timeout()).await;
+                    self.connector.release_http_session(session, peer, peer.idle_timeout()).await;
                     return Ok(response);
                 }
                 // A pooled connection the server closed while idle fails before any response
@@ -187,11 +190,12 @@ impl Upstream {
         }
     }
 
-    /// The peer for the current upstream address, resolving the name at most every `DNS_CACHE_TTL`.
-    async fn peer(&self) -> Result<HttpPeer, UpstreamError> {
-        if let Some(cached) = self.peer.load().as_ref() {
+    /// The peer for the current upstream address, resolving the name at most every
+    /// `DNS_CACHE_TTL`. Shared rather than cloned: a request only borrows it.
+    async fn peer(&self) -> Result<Arc<(Instant, HttpPeer)>, UpstreamError> {
+        if let Some(cached) = self.peer.load_full() {
             if cached.0.elapsed() < DNS_CACHE_TTL {
-                return Ok(cached.1.clone());
+                return Ok(cached);
             }
         }
         let addr = match self.cfg.host.parse::<IpAddr>() {
@@ -209,8 +213,9 @@ impl Upstream {
         peer.options.read_timeout = Some(self.cfg.read_timeout);
         peer.options.write_timeout = Some(self.cfg.read_timeout);
         peer.options.ca = self.ca.clone();
-        self.peer.store(Some(Arc::new((Instant::now(), peer.clone()))));
-        Ok(peer)
+        let resolved = Arc::new((Instant::now(), peer));
+        self.peer.store(Some(resolved.clone()));
+        Ok(resolved)
     }
 }
 
@@ -292,4 +297,83 @@ fn trust_roots(extra: &[Vec<u8>]) -> Arc<[WrappedX509]> {
         .map(|der| WrappedX509::new(der, pingora::utils::tls::parse_x509))
         .collect::<Vec<_>>()
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A server that answers the first request on each connection and, when a second one
+    /// arrives on it, closes the connection unanswered: what a pooled connection whose
+    /// server timed it out looks like to the client.
+    fn one_answer_per_connection() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    for answer in [true, false] {
+                        let mut req = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        // Header, then the 2-byte body every test request carries.
+                        while req.windows(4).position(|w| w == b"\r\n\r\n").is_none_or(|i| req.len() < i + 4 + 2) {
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => req.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        if answer {
+                            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    fn upstream(addr: SocketAddr) -> Upstream {
+        Upstream::new(UpstreamConfig {
+            tls: false,
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            authority: addr.to_string(),
+            extra_roots: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(2),
+            total_timeout: Duration::from_secs(5),
+        })
+    }
+
+    #[tokio::test]
+    async fn one_attempt_builds_one_header_and_a_retry_builds_a_second() {
+        let (addr, connections) = one_answer_per_connection();
+        let up = upstream(addr);
+        let built = AtomicUsize::new(0);
+        let header = || {
+            built.fetch_add(1, Ordering::SeqCst);
+            let mut h = RequestHeader::build("POST", b"/x", None).unwrap();
+            h.insert_header(http::header::HOST, up.authority()).unwrap();
+            h.insert_header(http::header::CONTENT_LENGTH, "2").unwrap();
+            h
+        };
+        let body = Bytes::from_static(b"hi");
+
+        let first = up.send(header, &body, 1024).await.expect("first exchange");
+        assert_eq!((first.header.status.as_u16(), &first.body[..]), (200, &b"ok"[..]));
+        assert_eq!(built.load(Ordering::SeqCst), 1);
+
+        // The pooled connection is reused, fails before any response byte, and the same
+        // request is sent again on a new connection.
+        let second = up.send(header, &body, 1024).await.expect("retried exchange");
+        assert_eq!((second.header.status.as_u16(), &second.body[..]), (200, &b"ok"[..]));
+        assert_eq!(built.load(Ordering::SeqCst), 3);
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
 }
