@@ -12,7 +12,7 @@ use crate::config::{Tenant, VerifyMode};
 use crate::errors::GatewayError;
 use crate::generation::Generation;
 use crate::headers;
-use crate::signing::{self, SignedHeaders, SigningInput};
+use crate::signing::{self, SignedHeaders};
 use crate::upstream::UpstreamResponse;
 use crate::verify::{self, Expectation};
 
@@ -115,9 +115,7 @@ pub async fn signed_exchange(
 
 /// The five signature headers over the exact body bytes.
 fn sign(tenant: &Tenant, request_id: &str, now: u64, body: &[u8]) -> SignedHeaders {
-    let create_ts = now.to_string();
-    let input = SigningInput { body, create_ts: &create_ts, request_id, uuid: &tenant.uuid };
-    signing::signed_headers(&tenant.secret, tenant.algorithm, &input)
+    signing::sign_request(&tenant.secret, tenant.algorithm, body, now, request_id, &tenant.uuid)
 }
 
 /// The header sent upstream: the caller's end-to-end headers, then Host, signature and

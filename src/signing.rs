@@ -136,12 +136,46 @@ fn feed<D: Digest>(mut hasher: D, secret: &Secret, input: &SigningInput<'_>) -> 
     hasher
 }
 
+/// Hex digits of the longest digest (SHA256: 32 bytes).
+const MAX_SIGN_LEN: usize = 64;
+
+/// A `sign` value, rendered on the stack: the request path signs and verifies once each
+/// per request, and neither needs the digits on the heap.
+struct SignDigits {
+    buf: [u8; MAX_SIGN_LEN],
+    len: usize,
+}
+
+impl SignDigits {
+    fn upper_hex(digest: &[u8]) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let mut buf = [0u8; MAX_SIGN_LEN];
+        for (pair, byte) in buf.chunks_exact_mut(2).zip(digest) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        SignDigits { buf, len: 2 * digest.len() }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("hex digits are ASCII")
+    }
+}
+
+fn sign_digits(secret: &Secret, algorithm: Algorithm, input: &SigningInput<'_>) -> SignDigits {
+    match algorithm {
+        Algorithm::Md5 => SignDigits::upper_hex(&feed(Md5::new(), secret, input).finalize()),
+        Algorithm::Sha256 => SignDigits::upper_hex(&feed(Sha256::new(), secret, input).finalize()),
+    }
+}
+
 /// Computes `sign` (uppercase hex) for one message.
 pub fn sign(secret: &Secret, algorithm: Algorithm, input: &SigningInput<'_>) -> String {
-    match algorithm {
-        Algorithm::Md5 => hex::encode_upper(feed(Md5::new(), secret, input).finalize()),
-        Algorithm::Sha256 => hex::encode_upper(feed(Sha256::new(), secret, input).finalize()),
-    }
+    sign_digits(secret, algorithm, input).as_str().to_owned()
 }
 
 /// Signs a message and returns all five headers.
@@ -159,6 +193,22 @@ pub fn signed_headers(
     }
 }
 
+/// Signs an outgoing request made at `create_ts` (unix seconds): what the gateway does to
+/// every request body, in one place so the benchmarks time exactly that.
+pub fn sign_request(
+    secret: &Secret,
+    algorithm: Algorithm,
+    body: &[u8],
+    create_ts: u64,
+    request_id: &str,
+    uuid: &str,
+) -> SignedHeaders {
+    let create_ts = create_ts.to_string();
+    let input = SigningInput { body, create_ts: &create_ts, request_id, uuid };
+    let sign = sign(secret, algorithm, &input);
+    SignedHeaders { request_id: request_id.to_owned(), uuid: uuid.to_owned(), create_ts, sign, algorithm }
+}
+
 /// Whether `presented` is the right signature, compared in constant time.
 ///
 /// Hex letter case is not significant: a lowercase rendering of the right digest is
@@ -170,10 +220,19 @@ pub fn signature_matches(
     input: &SigningInput<'_>,
     presented: &[u8],
 ) -> bool {
-    let expected = sign(secret, algorithm, input);
-    let presented = presented.to_ascii_uppercase();
-    // ct_eq on slices of different lengths returns false without leaking where they differ.
-    expected.as_bytes().ct_eq(&presented).into()
+    let expected = sign_digits(secret, algorithm, input);
+    let expected = expected.as_bytes();
+    // The length of a signature is public (it follows from the algorithm), so a wrong one
+    // may be refused before the constant-time part.
+    if presented.len() != expected.len() {
+        return false;
+    }
+    let mut upper = [0u8; MAX_SIGN_LEN];
+    let upper = &mut upper[..expected.len()];
+    for (u, p) in upper.iter_mut().zip(presented) {
+        *u = p.to_ascii_uppercase();
+    }
+    expected.ct_eq(upper).into()
 }
 
 /// A fresh `requestID`: 32 lowercase hex digits from a random UUIDv4.
@@ -263,6 +322,37 @@ mod tests {
         assert!(!signature_matches(&s, Algorithm::Md5, &base, good.as_bytes()));
         assert!(!signature_matches(&s, Algorithm::Sha256, &base, &good.as_bytes()[..63]));
         assert!(!signature_matches(&s, Algorithm::Sha256, &base, b""));
+    }
+
+    #[test]
+    fn sign_request_equals_signed_headers_over_the_same_input() {
+        let s = secret("k");
+        for algorithm in [Algorithm::Md5, Algorithm::Sha256] {
+            let got = sign_request(&s, algorithm, b"{\"a\":1}", 1_732_406_400, "r", "u");
+            let input = SigningInput { body: b"{\"a\":1}", create_ts: "1732406400", request_id: "r", uuid: "u" };
+            assert_eq!(got, signed_headers(&s, algorithm, &input));
+        }
+    }
+
+    #[test]
+    fn signature_check_takes_either_hex_case_but_nothing_else() {
+        let s = secret("k");
+        let base = SigningInput { body: b"{}", create_ts: "1", request_id: "r", uuid: "u" };
+        for algorithm in [Algorithm::Md5, Algorithm::Sha256] {
+            let good = sign(&s, algorithm, &base);
+            assert_eq!(good.len(), if algorithm == Algorithm::Md5 { 32 } else { 64 });
+            assert!(good.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)), "{good}");
+            let mixed: String =
+                good.chars().enumerate().map(|(i, c)| if i % 2 == 0 { c.to_ascii_lowercase() } else { c }).collect();
+            assert!(signature_matches(&s, algorithm, &base, mixed.as_bytes()));
+            let longer = format!("{good}0");
+            assert!(!signature_matches(&s, algorithm, &base, longer.as_bytes()));
+            // One changed digit must fail.
+            let mut wrong = good.clone().into_bytes();
+            let last = wrong.len() - 1;
+            wrong[last] = if wrong[last] == b'0' { b'1' } else { b'0' };
+            assert!(!signature_matches(&s, algorithm, &base, &wrong));
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! must match over the exact body bytes. Checks run in that order so that the first
 //! failure named is the most specific one.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::secret::Secret;
 use crate::signing::{self, header, Algorithm, SigningInput};
@@ -94,21 +94,28 @@ impl VerifyFailure {
     }
 }
 
+/// A signature header: the parsed name to look up (a `&str` key would be parsed and
+/// lowercased again on every lookup) and the vendor's spelling for messages.
+struct Name(HeaderName, &'static str);
+
+const SIGN: Name = Name(HeaderName::from_static("sign"), header::SIGN);
+const REQUEST_ID: Name = Name(HeaderName::from_static("requestid"), header::REQUEST_ID);
+const UUID: Name = Name(HeaderName::from_static("uuid"), header::UUID);
+const CREATE_TS: Name = Name(HeaderName::from_static("createts"), header::CREATE_TS);
+const ALGORITHM: Name = Name(HeaderName::from_static("algorithm"), header::ALGORITHM);
+
 /// Reads one signature header: absent is `None`, repeated or non-text is a failure.
-fn single<'h>(
-    headers: &'h HeaderMap,
-    name: &'static str,
-) -> Result<Option<&'h str>, VerifyFailure> {
-    let mut values = headers.get_all(name).iter();
+fn single<'h>(headers: &'h HeaderMap, name: &Name) -> Result<Option<&'h str>, VerifyFailure> {
+    let mut values = headers.get_all(&name.0).iter();
     let Some(first) = values.next() else { return Ok(None) };
     if values.next().is_some() {
-        return Err(VerifyFailure::DuplicateHeader(name));
+        return Err(VerifyFailure::DuplicateHeader(name.1));
     }
-    first.to_str().map(Some).map_err(|_| VerifyFailure::UnreadableHeader(name))
+    first.to_str().map(Some).map_err(|_| VerifyFailure::UnreadableHeader(name.1))
 }
 
-fn required<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, VerifyFailure> {
-    single(headers, name)?.ok_or(VerifyFailure::MissingHeader(name))
+fn required<'h>(headers: &'h HeaderMap, name: &Name) -> Result<&'h str, VerifyFailure> {
+    single(headers, name)?.ok_or(VerifyFailure::MissingHeader(name.1))
 }
 
 /// Checks a whole response (headers and exact body bytes) against what we sent.
@@ -117,10 +124,10 @@ pub fn verify_response(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(), VerifyFailure> {
-    let sign = required(headers, header::SIGN)?;
-    let request_id = required(headers, header::REQUEST_ID)?;
-    let uuid = required(headers, header::UUID)?;
-    let create_ts = required(headers, header::CREATE_TS)?;
+    let sign = required(headers, &SIGN)?;
+    let request_id = required(headers, &REQUEST_ID)?;
+    let uuid = required(headers, &UUID)?;
+    let create_ts = required(headers, &CREATE_TS)?;
 
     if request_id != expect.request_id {
         return Err(VerifyFailure::RequestIdMismatch);
@@ -128,7 +135,7 @@ pub fn verify_response(
     if uuid != expect.uuid {
         return Err(VerifyFailure::UuidMismatch);
     }
-    let algorithm = match single(headers, header::ALGORITHM)? {
+    let algorithm = match single(headers, &ALGORITHM)? {
         None => expect.algorithm,
         Some(v) => v.parse::<Algorithm>().map_err(|_| VerifyFailure::UnknownAlgorithm)?,
     };
@@ -300,6 +307,13 @@ mod tests {
         let wrong = Secret::new(b"u7Mf3zUNOkg4lMV9a0E6cHSgIkK22GSR".to_vec());
         let h = signed(&Expectation { secret: &wrong, ..e }, b"{}", NOW, Algorithm::Sha256);
         assert_eq!(verify_response(&e, &h, b"{}"), Err(VerifyFailure::SignatureMismatch));
+    }
+
+    #[test]
+    fn parsed_names_are_the_vendor_spellings() {
+        for name in [&SIGN, &REQUEST_ID, &UUID, &CREATE_TS, &ALGORITHM] {
+            assert_eq!(name.0, HeaderName::from_bytes(name.1.as_bytes()).unwrap(), "{}", name.1);
+        }
     }
 
     #[test]
