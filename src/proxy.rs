@@ -210,7 +210,7 @@ impl ProxyHttp for NxGate {
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
         let req = session.req_header();
         tracing::info!(
-            target: "nxgate::access",
+            target: crate::logging::ACCESS_TARGET,
             tenant = ctx.tenant.as_deref().unwrap_or("-"),
             request_id = %ctx.request_id,
             method = %req.method,
