@@ -22,7 +22,9 @@ nxgate_install wrk:wrk curl:curl valgrind:valgrind strace:strace taskset:util-li
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install nginx:nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --locked >&2
-cargo build --release --locked --manifest-path bench/pingora-passthrough/Cargo.toml --target-dir "$ROOT/target" >&2
+if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" pingora-passthrough "* ]]; then
+  cargo build --release --locked --manifest-path bench/pingora-passthrough/Cargo.toml --target-dir "$ROOT/target" >&2
+fi
 BIN=$ROOT/target/release/nxgate
 PASSTHROUGH=$ROOT/target/release/pingora-passthrough
 mkdir -p "$OUT_DIR"
