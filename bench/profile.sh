@@ -18,6 +18,7 @@ OUT_DIR=${OUT_DIR:-bench/results/profile}
 SECS=${SECS:-10}
 
 source scripts/setup.sh
+source bench/nginx.sh
 nxgate_install wrk:wrk curl:curl valgrind:valgrind strace:strace taskset:util-linux
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install nginx:nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -67,30 +68,7 @@ tenants:
     algorithm: "MD5"
     client_keys_sha256: ["$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"]
 EOF
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx.conf" <<EOF
-user root;
-worker_processes 1;
-master_process off;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $WORK/nginx-access.log;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
-  keepalive_requests 1000000;
-  upstream emulator { server 127.0.0.1:$P_PLAIN; keepalive 256; keepalive_requests 1000000; }
-  server {
-    listen 127.0.0.1:$P_GW;
-    location / { proxy_pass http://emulator; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-EOF
+nginx_conf "$WORK" "$P_PLAIN" "$P_GW" "master_process off;"
 taskset -c 0 "$BIN" emulator --listen "127.0.0.1:$P_PLAIN" --tenant "$UUID=$SECRET" --skip-request-verification >"$WORK/emu-plain.log" 2>&1 &
 PIDS+=($!)
 taskset -c 0 "$BIN" emulator --listen "127.0.0.1:$P_EMU" --tenant "$UUID=$SECRET" >"$WORK/emu.log" 2>&1 &

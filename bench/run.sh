@@ -30,6 +30,7 @@ BIG_BYTES=1048576
 
 # ---------------------------------------------------------------- prerequisites and build
 source scripts/setup.sh
+source bench/nginx.sh
 nxgate_install wrk:wrk curl:curl taskset:util-linux
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install nginx:nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -111,39 +112,7 @@ gateway_config big "$P_BIG" "$A_BIG" "$UUID_MD5" BENCH_SECRET_MD5 MD5 "$KEY_MD5"
   max_request_body_bytes: $MAX_REQ
   max_response_body_bytes: $MAX_RESP"
 
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx.conf" <<EOF
-# Minimal passthrough: one worker (the gateway gets one core, like nxgate), keep-alive to
-# the upstream, per-request access log like nxgate's.
-user root;
-worker_processes 1;
-daemon off;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log $WORK/nginx-access.log;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
-  keepalive_requests 1000000;
-  upstream emulator {
-    server 127.0.0.1:$P_EMU_PLAIN;
-    keepalive 256;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$P_NGINX;
-    location / {
-      proxy_pass http://emulator;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-EOF
+nginx_conf "$WORK" "$P_EMU_PLAIN" "$P_NGINX"
 [ "$PIN" = 1 ] || sed -i 's/^worker_processes 1;/worker_processes auto;/' "$WORK/nginx.conf"
 
 # ---------------------------------------------------------------- start everything
