@@ -31,6 +31,7 @@ use pingora::protocols::{
     UniqueID, UniqueIDType, ALPN,
 };
 use pingora::server::ShutdownWatch;
+use prometheus::IntCounter;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -42,6 +43,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::errors::{ErrorResponse, GatewayError};
 use crate::generation::Live;
+use crate::metrics::Metrics;
 use crate::signing;
 
 /// What Pingora peeks for on a cleartext connection (RFC 9113 §3.4).
@@ -107,6 +109,8 @@ pub struct GuardedStream {
     header_bytes: usize,
     /// Bytes read while peeking, handed out before any new read.
     peeked: BytesMut,
+    /// Counts connections closed at the deadline.
+    timeouts: IntCounter,
 }
 
 impl std::fmt::Debug for GuardedStream {
@@ -117,7 +121,7 @@ impl std::fmt::Debug for GuardedStream {
 
 impl GuardedStream {
     /// Wraps a just-accepted connection; its first header is due within `timeout`.
-    pub fn new(inner: Stream, timeout: Duration) -> Self {
+    pub fn new(inner: Stream, timeout: Duration, timeouts: IntCounter) -> Self {
         GuardedStream {
             inner,
             timeout,
@@ -126,6 +130,7 @@ impl GuardedStream {
             header_end: HeaderEnd::default(),
             header_bytes: 0,
             peeked: BytesMut::new(),
+            timeouts,
         }
     }
 
@@ -141,6 +146,7 @@ impl GuardedStream {
     /// fail the read so the server drops the connection.
     fn expire(&mut self, cx: &mut Context<'_>) -> io::Error {
         let timeout_ms = self.timeout.as_millis() as u64;
+        self.timeouts.inc();
         tracing::info!(target: "nxgate::downstream", timeout_ms, header_bytes = self.header_bytes, "request header timeout; closing the connection");
         if self.header_bytes > 0 {
             let request_id = signing::new_request_id();
@@ -325,12 +331,13 @@ impl GetSocketDigest for GuardedStream {
 pub struct HeaderDeadline<A> {
     inner: Arc<A>,
     live: Live,
+    timeouts: IntCounter,
 }
 
 impl<A> HeaderDeadline<A> {
     /// Wraps `inner`; each new connection takes the timeout of the generation live then.
-    pub fn new(inner: A, live: Live) -> Self {
-        HeaderDeadline { inner: Arc::new(inner), live }
+    pub fn new(inner: A, live: Live, metrics: &Metrics) -> Self {
+        HeaderDeadline { inner: Arc::new(inner), live, timeouts: metrics.header_timeouts.clone() }
     }
 }
 
@@ -338,7 +345,8 @@ impl<A> HeaderDeadline<A> {
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let timeout = self.live.load().config.request_header_timeout;
-        self.inner.process_new(Box::new(GuardedStream::new(stream, timeout)), shutdown).await
+        let guarded = GuardedStream::new(stream, timeout, self.timeouts.clone());
+        self.inner.process_new(Box::new(guarded), shutdown).await
     }
 
     async fn cleanup(&self) {
@@ -417,7 +425,8 @@ mod tests {
 
     fn pair(timeout: Duration) -> (GuardedStream, DuplexStream) {
         let (server, client) = tokio::io::duplex(64 * 1024);
-        (GuardedStream::new(Box::new(server), timeout), client)
+        let counter = IntCounter::new("t", "t").unwrap();
+        (GuardedStream::new(Box::new(server), timeout, counter), client)
     }
 
     async fn read_some(s: &mut GuardedStream) -> io::Result<Vec<u8>> {
@@ -445,6 +454,7 @@ mod tests {
         let err = read_some(&mut s).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(1), "the deadline is for the whole header");
+        assert_eq!(s.timeouts.get(), 1);
         drop(s);
         let reply = read_all(&mut c).await;
         assert!(reply.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{reply}");

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `nxgate_rate_limit_backend_errors_total`: Redis calls that failed or timed out.
     pub backend_errors: prometheus::IntCounter,
+    /// `nxgate_request_header_timeouts_total`: connections closed at the header deadline.
+    pub header_timeouts: prometheus::IntCounter,
     /// `nxgate_build_info{version}`.
     pub build_info: IntGaugeVec,
     /// `nxgate_draining`: 1 while shutting down.
@@ -73,6 +75,8 @@ impl Metrics {
         let build_info = gauge_vec("nxgate_build_info", "Always 1; the version label names the build.", &["version"]);
         let backend_errors = prometheus::IntCounter::new("nxgate_rate_limit_backend_errors_total", "Rate-limit backend (Redis) calls that failed or timed out.").expect("valid metric");
         registry.register(Box::new(backend_errors.clone())).expect("unique metric");
+        let header_timeouts = prometheus::IntCounter::new("nxgate_request_header_timeouts_total", "Caller connections closed because a request header was not complete in time.").expect("valid metric");
+        registry.register(Box::new(header_timeouts.clone())).expect("unique metric");
         let draining = IntGauge::new("nxgate_draining", "1 while the gateway drains for shutdown.").expect("valid metric");
         registry.register(Box::new(draining.clone())).expect("unique metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -90,6 +94,7 @@ impl Metrics {
             upstream_errors,
             config_reloads,
             backend_errors,
+            header_timeouts,
             build_info,
             draining,
         }

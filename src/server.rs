@@ -89,7 +89,7 @@ impl Gateway {
         options.h2c = true;
         options.h2_idle_timeout = Some(Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
         proxy.server_options = Some(options);
-        let mut proxy = Service::new("nxgate".to_owned(), HeaderDeadline::new(proxy, live.clone()));
+        let mut proxy = Service::new("nxgate".to_owned(), HeaderDeadline::new(proxy, live.clone(), &metrics));
         for addr in &listen {
             // A 16 KiB write buffer lets a response header and a body of up to ~15 KiB leave
             // in one segment; Pingora's 1,460-byte default splits a 1 KiB answer in two.
@@ -99,8 +99,8 @@ impl Gateway {
         server.add_service(proxy);
 
         if let Some(addr) = admin_listen {
-            let admin = AdminApp { lifecycle: lifecycle.clone(), metrics, reloader: reloader.clone() };
-            let mut svc = Service::new("nxgate admin".to_owned(), HeaderDeadline::new(admin, live.clone()));
+            let admin = AdminApp { lifecycle: lifecycle.clone(), metrics: metrics.clone(), reloader: reloader.clone() };
+            let mut svc = Service::new("nxgate admin".to_owned(), HeaderDeadline::new(admin, live.clone(), &metrics));
             svc.add_tcp(&addr.to_string());
             server.add_service(svc);
         }

@@ -332,6 +332,7 @@ fn a_header_trickled_past_the_header_deadline_gets_408_and_a_close() {
     assert_eq!(t.end, End::Closed);
     assert!(t.elapsed >= Duration::from_millis(1300) && t.elapsed < Duration::from_secs(4), "{:?}", t.elapsed);
     assert_eq!(rec.forwarded(), 0, "a header that never completed was forwarded");
+    assert_eq!(gw.metric("nxgate_request_header_timeouts_total"), 1.0);
     assert_still_serving(&mut gw);
 }
 
