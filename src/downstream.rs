@@ -63,22 +63,35 @@ impl HeaderEnd {
     /// Feeds the next bytes read; returns how many of them belong to the header if it
     /// ends among them.
     pub fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
-        for (i, &b) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
             if !self.started {
-                if b == b'\r' || b == b'\n' {
+                if matches!(bytes[i], b'\r' | b'\n') {
+                    i += 1;
                     continue;
                 }
                 self.started = true;
             }
-            self.after_lf = match (self.after_lf, b) {
-                (1 | 2, b'\n') => {
+            if self.after_lf == 0 {
+                // Inside a line: only the next LF can matter, so jump to it (memchr).
+                match memchr::memchr(b'\n', &bytes[i..]) {
+                    Some(at) => {
+                        i += at + 1;
+                        self.after_lf = 1;
+                        continue;
+                    }
+                    None => return None,
+                }
+            }
+            self.after_lf = match (self.after_lf, bytes[i]) {
+                (_, b'\n') => {
                     *self = HeaderEnd::default();
                     return Some(i + 1);
                 }
-                (_, b'\n') => 1,
                 (1, b'\r') => 2,
                 _ => 0,
             };
+            i += 1;
         }
         None
     }
