@@ -40,8 +40,8 @@ awk -F'\t' -v tck="$CLK_TCK" -v big_idle="$BIG_IDLE_KIB" -v max_req="$MAX_REQ" -
         if (body[i] == 1024) continue
         if (!hdr) {
           print ""
-          printf "Memory with %d-byte bodies (limits: max_request_body_bytes %d, max_response_body_bytes %d; Pingora buffers per connection %d; idle RSS %.1f MiB):\n\n", body[i], max_req, max_resp, conn_buf, big_idle / 1024
-          print "| row | conns | req/s | p50 ms | p99 ms | gateway peak RSS MiB | (peak - idle) / conns MiB | bound: idle + conns x (max_request + max_response + Pingora buffers) MiB | peak / bound | errors |"
+          printf "Memory with %d-byte bodies (limits: max_request_body_bytes %d, max_response_body_bytes %d; fixed buffers per connection %d; idle RSS %.1f MiB):\n\n", body[i], max_req, max_resp, conn_buf, big_idle / 1024
+          print "| row | conns | req/s | p50 ms | p99 ms | gateway peak RSS MiB | (peak - idle) / conns MiB | bound: idle + conns x (max_request + max_response + fixed buffers) MiB | peak / bound | errors |"
           print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
           hdr = 1
         }

@@ -241,10 +241,11 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 mkdir -p "$(dirname "$OUT")"
 BASE=${OUT%.md}
 cp "$RAW" "$BASE.tsv"
-# CONN_BUF: Pingora's fixed per-request buffers besides the two bodies, 64 KiB each: the
-# downstream L4 read buffer (DEFAULT_L4_READ_BUFFER_SIZE), the request body reader's and
-# the upstream response body reader's (BODY_BUFFER_SIZE).
-printf 'CLK_TCK=%s\nBIG_IDLE_KIB=%s\nMAX_REQ=%s\nMAX_RESP=%s\nCONN_BUF=196608\n' \
+# CONN_BUF: the fixed per-connection buffers besides the two bodies: Pingora's three of
+# 64 KiB (the downstream L4 read buffer, DEFAULT_L4_READ_BUFFER_SIZE, and the request and
+# upstream response body readers' BODY_BUFFER_SIZE) and nxgate's 16 KiB downstream write
+# buffer (server::DOWNSTREAM_WRITE_BUFFER).
+printf 'CLK_TCK=%s\nBIG_IDLE_KIB=%s\nMAX_REQ=%s\nMAX_RESP=%s\nCONN_BUF=212992\n' \
   "$CLK_TCK" "$BIG_IDLE_KIB" "$MAX_REQ" "$MAX_RESP" >"$BASE.env"
 {
   echo "## nxgate benchmark run, $STARTED"
