@@ -56,15 +56,14 @@ fn hex_value(b: u8) -> Option<u8> {
 
 /// Whether a path segment names `.` or `..`, with any dot spelled `%2e` in any case, and
 /// with anything after a `;` ignored (`..;x` is `..` to servers that treat `;` as a path
-/// parameter).
+/// parameter), or after `%3b` (`..%3bx`, for servers that decode before splitting it off).
 fn is_dot_segment(segment: &[u8]) -> bool {
-    let name = segment.split(|&b| b == b';').next().unwrap_or(&[]);
-    let mut rest = name;
+    let mut rest = segment;
     let mut dots = 0;
-    while !rest.is_empty() {
+    while !rest.is_empty() && rest[0] != b';' && !is_escape(rest, b'3', b'b') {
         if rest[0] == b'.' {
             rest = &rest[1..];
-        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2].eq_ignore_ascii_case(&b'e') {
+        } else if is_escape(rest, b'2', b'e') {
             rest = &rest[3..];
         } else {
             return false;
@@ -75,6 +74,11 @@ fn is_dot_segment(segment: &[u8]) -> bool {
         }
     }
     dots == 1 || dots == 2
+}
+
+/// Whether `s` starts with `%` `hi` `lo`, the last in either case.
+fn is_escape(s: &[u8], hi: u8, lo: u8) -> bool {
+    s.len() >= 3 && s[0] == b'%' && s[1] == hi && s[2].eq_ignore_ascii_case(&lo)
 }
 
 #[cfg(test)]
@@ -141,6 +145,10 @@ mod tests {
             "/callcentre/x\ny",
             "/callcentre/%%01",
             "/callcentre/x%+1",
+            "/callcentre/%2e%2e%3b/x",
+            "/callcentre/..%3B/admin",
+            "/callcentre/.%3bx/admin",
+            "/callcentre/%2E%2E%3Bjsessionid=1/admin",
         ] {
             assert!(!is_allowed(p, &allow()), "{p}");
         }
@@ -164,13 +172,14 @@ mod tests {
             "/callcentre/x%-1",
             "/callcentre/%e2%80%a8",
             "/callcentre/caf\u{e9}",
-            "/callcentre/%2e%2e%3b/x",
+            "/callcentre/x%3b..",
+            "/callcentre/%3b../x",
         ] {
             assert!(is_allowed(p, &allow()), "{p}");
         }
     }
 
-    /// The rules as first written, on strings; `is_plain` must agree with it everywhere.
+    /// The same rules on strings, as first written; `is_plain` must agree with it everywhere.
     fn is_plain_reference(path: &str) -> bool {
         if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b'\\') {
             return false;
@@ -185,7 +194,7 @@ mod tests {
         !encoded_control
             && path.split('/').all(|segment| {
                 let lower = segment.to_ascii_lowercase();
-                let decoded_dots = lower.replace("%2e", ".");
+                let decoded_dots = lower.replace("%2e", ".").replace("%3b", ";");
                 let name = decoded_dots.split(';').next().unwrap_or("");
                 name != "." && name != ".." && !lower.contains("%2f") && !lower.contains("%5c")
             })
@@ -193,9 +202,9 @@ mod tests {
 
     #[test]
     fn byte_rules_agree_with_the_string_rules_on_every_short_path() {
-        const TOKENS: [&str; 24] = [
+        const TOKENS: [&str; 25] = [
             "/", ".", "%", "2", "e", "E", "f", "5", "c", "C", ";", "a", "0", "1", "7", "+", "-", "\\", "\t",
-            "\u{e9}", "%2e", "%2E", "%5c", "%7f",
+            "\u{e9}", "%2e", "%2E", "%5c", "%7f", "%3b",
         ];
         let mut checked = 0;
         let mut path = String::new();

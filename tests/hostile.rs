@@ -987,6 +987,8 @@ fn dot_segments_in_any_encoding_are_404_and_never_forwarded() {
         "/callcentre/..",
         "/callcentre/x/..?a=1",
         "/callcentre/a%00b",
+        "/callcentre/..;/x",
+        "/callcentre/..%3b/x",
     ] {
         let req = format!("{}content-length: 2\r\n\r\n{{}}", head("POST", target));
         let ex = exchange(gw.addr, req.into_bytes(), false, WAIT);
