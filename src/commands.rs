@@ -210,7 +210,7 @@ pub fn sign(args: &SignArgs) -> ExitCode {
     let request_id = args.request_id.clone().unwrap_or_else(signing::new_request_id);
     let create_ts = args
         .create_ts
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs())
+        .unwrap_or_else(|| crate::exchange::now_unix().as_secs())
         .to_string();
     let input = SigningInput { body: &body, create_ts: &create_ts, request_id: &request_id, uuid: &uuid };
     for (name, value) in signing::signed_headers(&secret, algorithm, &input).pairs() {

@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::errors::{ErrorResponse, GatewayError};
+use crate::exchange::now_unix;
 use crate::generation::Live;
 use crate::metrics::Metrics;
 use crate::signing;
@@ -164,8 +165,8 @@ impl GuardedStream {
         if self.header_bytes > 0 {
             let request_id = signing::new_request_id();
             let err = GatewayError::RequestHeaderTimeout { timeout_ms };
-            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-            let reply = ErrorResponse::new(&err, &request_id, now_ms as u64).to_http1_closing(&request_id);
+            let now_ms = now_unix().as_millis() as u64;
+            let reply = ErrorResponse::new(&err, &request_id, now_ms).to_http1_closing(&request_id);
             // Best effort and never waiting: the caller is the slow party here.
             let mut sent = 0;
             while sent < reply.len() {
@@ -178,6 +179,13 @@ impl GuardedStream {
         }
         self.phase = Phase::Answered;
         io::Error::new(io::ErrorKind::TimedOut, "request header timeout")
+    }
+
+    /// A final response starting to go out ends the request (a 1xx does not).
+    fn observe_write(&mut self, start: &[u8]) {
+        if matches!(self.phase, Phase::Header | Phase::Request) && is_final_response_start(start) {
+            self.phase = Phase::Answered;
+        }
     }
 
     /// Tracks request boundaries in the bytes handed to the server.
@@ -207,17 +215,14 @@ impl AsyncRead for GuardedStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.peeked.is_empty() {
-            let n = this.peeked.len().min(buf.remaining());
-            buf.put_slice(&this.peeked[..n]);
-            let taken = this.peeked.split_to(n);
+            let taken = this.peeked.split_to(this.peeked.len().min(buf.remaining()));
+            buf.put_slice(&taken);
             this.observe_read(&taken);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         ready!(this.poll_read_raw(cx, buf))?;
-        let filled = buf.filled();
-        // observe_read needs &mut self while `filled` borrows buf, not self: no conflict.
-        this.observe_read(&filled[before..]);
+        this.observe_read(&buf.filled()[before..]);
         Poll::Ready(Ok(()))
     }
 }
@@ -225,19 +230,13 @@ impl AsyncRead for GuardedStream {
 impl AsyncWrite for GuardedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if matches!(this.phase, Phase::Header | Phase::Request) && is_final_response_start(buf) {
-            this.phase = Phase::Answered;
-        }
+        this.observe_write(buf);
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if matches!(this.phase, Phase::Header | Phase::Request)
-            && bufs.iter().find(|b| !b.is_empty()).is_some_and(|b| is_final_response_start(b))
-        {
-            this.phase = Phase::Answered;
-        }
+        this.observe_write(bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| &b[..]));
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 

@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 
+use crate::headers::REQUEST_ID_HEADER;
 use crate::verify::VerifyFailure;
 
 /// Header that names the error kind on every gateway-made error response.
@@ -142,7 +143,7 @@ impl ErrorResponse {
         let reason = http::StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
         let mut out = format!(
             "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\n{ERROR_KIND_HEADER}: {}\r\n\
-             x-request-id: {req_id}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+             {REQUEST_ID_HEADER}: {req_id}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             self.status,
             self.kind,
             self.body.len()
