@@ -18,7 +18,7 @@ OUT_DIR=${OUT_DIR:-bench/results/profile}
 SECS=${SECS:-10}
 
 source scripts/setup.sh
-source bench/nginx.sh
+source bench/lib.sh
 nxgate_install wrk:wrk curl:curl valgrind:valgrind strace:strace taskset:util-linux
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install nginx:nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -31,24 +31,7 @@ PASSTHROUGH=$ROOT/target/release/pingora-passthrough
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 
-WORK=$(mktemp -d /tmp/nxgate-profile.XXXXXX)
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-declare -A TAKEN=()
-free_port() {
-  local p
-  while :; do
-    p=$((10000 + RANDOM % 20000))
-    [ -n "${TAKEN[$p]:-}" ] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then TAKEN[$p]=1; printf -v "$1" %s "$p"; return; fi
-  done
-}
+bench_workdir profile
 for v in P_PLAIN P_EMU P_GW; do free_port "$v"; done
 
 UUID=Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR

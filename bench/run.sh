@@ -30,7 +30,7 @@ BIG_BYTES=1048576
 
 # ---------------------------------------------------------------- prerequisites and build
 source scripts/setup.sh
-source bench/nginx.sh
+source bench/lib.sh
 nxgate_install wrk:wrk curl:curl taskset:util-linux
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install nginx:nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -41,29 +41,11 @@ cargo build --release --locked --manifest-path bench/pingora-passthrough/Cargo.t
 BIN=$ROOT/target/release/nxgate
 PASSTHROUGH=$ROOT/target/release/pingora-passthrough
 
-WORK=$(mktemp -d /tmp/nxgate-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+bench_workdir bench
 
 pin() { # pin CPUS cmd...
   local cpus=$1; shift
   if [ "$PIN" = 1 ]; then taskset -c "$cpus" "$@"; else "$@"; fi
-}
-
-declare -A TAKEN=()
-free_port() { # VAR: a loopback port nobody listens on, below the ephemeral range, not handed out before
-  local p
-  while :; do
-    p=$((10000 + RANDOM % 20000))
-    [ -n "${TAKEN[$p]:-}" ] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then TAKEN[$p]=1; printf -v "$1" %s "$p"; return; fi
-  done
 }
 
 # ---------------------------------------------------------------- credentials and ports
