@@ -148,13 +148,11 @@ struct SignDigits {
 
 impl SignDigits {
     fn upper_hex(digest: &[u8]) -> Self {
-        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
         let mut buf = [0u8; MAX_SIGN_LEN];
-        for (pair, byte) in buf.chunks_exact_mut(2).zip(digest) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0x0f)];
-        }
-        SignDigits { buf, len: 2 * digest.len() }
+        let len = 2 * digest.len();
+        hex::encode_to_slice(digest, &mut buf[..len]).expect("MAX_SIGN_LEN holds the longest digest");
+        buf[..len].make_ascii_uppercase();
+        SignDigits { buf, len }
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -204,9 +202,7 @@ pub fn sign_request(
     uuid: &str,
 ) -> SignedHeaders {
     let create_ts = create_ts.to_string();
-    let input = SigningInput { body, create_ts: &create_ts, request_id, uuid };
-    let sign = sign(secret, algorithm, &input);
-    SignedHeaders { request_id: request_id.to_owned(), uuid: uuid.to_owned(), create_ts, sign, algorithm }
+    signed_headers(secret, algorithm, &SigningInput { body, create_ts: &create_ts, request_id, uuid })
 }
 
 /// Whether `presented` is the right signature, compared in constant time.
