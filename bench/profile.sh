@@ -9,12 +9,15 @@
 #   bash bench/profile.sh        # after bench/run.sh has built everything (or it builds)
 #   ONLY="nxgate-md5 nxgate-md5-nolog" bash bench/profile.sh   # only these rows
 #
-# Output: a markdown table on stdout and in $OUT_DIR.md, and the callgrind files under
-# $OUT_DIR (default bench/results/profile) for `callgrind_annotate --inclusive=yes FILE`.
+# Output: a markdown table on stdout and in $SUMMARY (default bench/results/profile.md,
+# tracked), and the raw callgrind files under $OUT_DIR (default bench/results/raw/profile,
+# ignored by git: they are megabytes and carry machine paths) for
+# `callgrind_annotate --inclusive=yes FILE`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT_DIR=${OUT_DIR:-bench/results/profile}
+OUT_DIR=${OUT_DIR:-bench/results/raw/profile}
+SUMMARY=${SUMMARY:-bench/results/profile.md}
 SECS=${SECS:-10}
 
 source scripts/setup.sh
@@ -24,7 +27,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install ngi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --locked >&2
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" pingora-passthrough "* ]]; then
-  cargo build --release --locked --manifest-path bench/pingora-passthrough/Cargo.toml --target-dir "$ROOT/target" >&2
+  cargo build --release --locked -p pingora-passthrough >&2
 fi
 BIN=$ROOT/target/release/nxgate
 PASSTHROUGH=$ROOT/target/release/pingora-passthrough
@@ -126,4 +129,4 @@ for r in "${ROWS[@]}"; do
   awk -v name="$name" -v n="$n" -v ir="$ir" -v pr="$per_req" -v b="$base" -v w="$win" -v c="$calls" -v s="$sends" -v top="$top" \
     'BEGIN{printf "| %s | %d | %d | %d | %.1f | %.1f | %.1f | %s |\n", name, n, ir, pr, pr / b, c / w, s / w, top}'
 done
-} | tee "$OUT_DIR.md"
+} | tee "$ROOT/$SUMMARY"

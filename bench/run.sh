@@ -37,7 +37,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 echo "building nxgate (release)..." >&2
 cargo build --release --locked >&2
 # The bare-Pingora baseline: reuses nxgate's compiled dependencies (same lock, same target dir).
-cargo build --release --locked --manifest-path bench/pingora-passthrough/Cargo.toml --target-dir "$ROOT/target" >&2
+cargo build --release --locked -p pingora-passthrough >&2
 BIN=$ROOT/target/release/nxgate
 PASSTHROUGH=$ROOT/target/release/pingora-passthrough
 

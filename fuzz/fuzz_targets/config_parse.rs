@@ -1,4 +1,4 @@
-//! `nxgate::config::parse` on arbitrary text must return `Ok` or `Err`, never panic.
+//! `nxgate_core::config::parse` on arbitrary text must return `Ok` or `Err`, never panic.
 //!
 //! Config parsing reads the files that `tenants[].secret_file` and `upstream.ca_file`
 //! name. The fuzzer must not make it read a device, FIFO or /proc file (which could block
@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nxgate::config::file::FileConfig;
+use nxgate_core::config::file::FileConfig;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::LazyLock;
@@ -34,12 +34,13 @@ fn safe_to_read(p: &Path) -> bool {
 
 fuzz_target!(|text: &str| {
     if let Ok(file) = serde_yaml::from_str::<FileConfig>(text) {
-        let files = file.tenants.iter().filter_map(|t| t.secret_file.as_deref()).chain(file.upstream.ca_file.as_deref());
+        let files =
+            file.tenants.iter().filter_map(|t| t.secret_file.as_deref()).chain(file.upstream.ca_file.as_deref());
         for p in files {
             if !safe_to_read(p) {
                 return;
             }
         }
     }
-    let _ = nxgate::config::parse(text, Path::new("fuzz.yaml"), &*ENV);
+    let _ = nxgate_core::config::parse(text, Path::new("fuzz.yaml"), &*ENV);
 });

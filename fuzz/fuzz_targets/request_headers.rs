@@ -11,7 +11,7 @@
 use arbitrary::Arbitrary;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use nxgate::tenants::TenantDirectory;
+use nxgate_core::tenants::TenantDirectory;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::LazyLock;
@@ -21,13 +21,28 @@ const KEYS: [[&str; 2]; 2] = [["key-a-1", "key-a-2"], ["key-b-1", "tok!~b"]];
 
 /// Header names the gateway must never forward (besides those `Connection` lists).
 const NEVER: [&str; 18] = [
-    "requestid", "uuid", "createts", "sign", "algorithm", "authorization", "host", "content-length", "expect",
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-    "proxy-authenticate", "proxy-authorization",
+    "requestid",
+    "uuid",
+    "createts",
+    "sign",
+    "algorithm",
+    "authorization",
+    "host",
+    "content-length",
+    "expect",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
 ];
 
 fn directory(default_tenant: bool) -> TenantDirectory {
-    let digest = |k: &str| nxgate::tenants::client_key_digest_hex(k.as_bytes());
+    let digest = |k: &str| nxgate_core::tenants::client_key_digest_hex(k.as_bytes());
     let yaml = format!(
         r#"listen: ["127.0.0.1:1"]
 upstream:
@@ -50,7 +65,7 @@ upstream:
         default = if default_tenant { "default_tenant: b\n" } else { "" },
     );
     let env = HashMap::from([("S".to_owned(), "secret".to_owned())]);
-    let cfg = nxgate::config::parse(&yaml, Path::new("fuzz.yaml"), &env).expect("fixed fuzz config is valid");
+    let cfg = nxgate_core::config::parse(&yaml, Path::new("fuzz.yaml"), &env).expect("fixed fuzz config is valid");
     TenantDirectory::new(cfg.tenants, cfg.default_tenant)
 }
 
@@ -60,14 +75,23 @@ static WITHOUT_DEFAULT: LazyLock<TenantDirectory> = LazyLock::new(|| directory(f
 #[derive(Arbitrary, Debug)]
 enum Name<'a> {
     /// One of the names the gateway must drop, with some letters uppercased.
-    Never { which: u8, upper_mask: u32 },
+    Never {
+        which: u8,
+        upper_mask: u32,
+    },
     Raw(&'a [u8]),
 }
 
 #[derive(Arbitrary, Debug)]
 enum Auth<'a> {
     /// `<scheme spelling><separator><key>`: near-valid credentials.
-    Key { tenant: bool, second: bool, scheme: u8, sep: u8, suffix: &'a [u8] },
+    Key {
+        tenant: bool,
+        second: bool,
+        scheme: u8,
+        sep: u8,
+        suffix: &'a [u8],
+    },
     Raw(&'a [u8]),
 }
 
@@ -98,7 +122,9 @@ fn auth_bytes(a: &Auth<'_>) -> Vec<u8> {
             let schemes = ["Bearer", "bearer", "BEARER", "Basic", "Bearer:", ""];
             let seps = [" ", "  ", "\t", "", " \t "];
             let key = KEYS[*tenant as usize][*second as usize];
-            let mut v = format!("{}{}{key}", schemes[*scheme as usize % schemes.len()], seps[*sep as usize % seps.len()]).into_bytes();
+            let mut v =
+                format!("{}{}{key}", schemes[*scheme as usize % schemes.len()], seps[*sep as usize % seps.len()])
+                    .into_bytes();
             v.extend_from_slice(suffix);
             v
         }
@@ -125,7 +151,7 @@ fn check_headers(input: &Input<'_>) {
         .collect();
     let dropped = |name: &HeaderName| NEVER.contains(&name.as_str()) || listed.iter().any(|t| t == name.as_str());
 
-    let forwarded: Vec<(&HeaderName, &HeaderValue)> = nxgate::headers::forwardable_request_headers(&map).collect();
+    let forwarded: Vec<(&HeaderName, &HeaderValue)> = nxgate_core::headers::forwardable_request_headers(&map).collect();
     for (name, _) in &forwarded {
         assert!(!dropped(name), "forwarded {name}");
     }
@@ -154,7 +180,7 @@ fn percent_decode(path: &str) -> Vec<u8> {
 
 fn check_route(path: &str) {
     for prefixes in [vec!["/callcentre/".to_owned()], vec!["/callcentre/".to_owned(), "/a/".to_owned()]] {
-        if !nxgate::routes::is_allowed(path, &prefixes) {
+        if !nxgate_core::routes::is_allowed(path, &prefixes) {
             continue;
         }
         assert!(prefixes.iter().any(|p| path.starts_with(p.as_str())), "{path:?} allowed outside the prefixes");

@@ -1,4 +1,4 @@
-//! `nxgate::verify::verify_response` on arbitrary headers and body: never panics; an `Ok`
+//! `nxgate_core::verify::verify_response` on arbitrary headers and body: never panics; an `Ok`
 //! always means the echoed ids, account and timestamp really are the expected ones; and
 //! a correctly signed response verifies, but not once one body byte is changed.
 #![no_main]
@@ -6,9 +6,9 @@
 use arbitrary::Arbitrary;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use nxgate::secret::Secret;
-use nxgate::signing::{self, header, Algorithm, SigningInput};
-use nxgate::verify::{verify_response, Expectation, VerifyFailure};
+use nxgate_core::secret::Secret;
+use nxgate_core::signing::{self, header, Algorithm, SigningInput};
+use nxgate_core::verify::{verify_response, Expectation, VerifyFailure};
 use std::sync::LazyLock;
 
 const NOW: u64 = 1_732_406_400;
@@ -55,7 +55,15 @@ fn name_bytes(n: &Name<'_>) -> Vec<u8> {
             let base = names[*which as usize % names.len()];
             base.bytes()
                 .enumerate()
-                .map(|(i, b)| if upper_mask >> (i % 16) & 1 == 1 { b.to_ascii_uppercase() } else { b.to_ascii_lowercase() })
+                .map(
+                    |(i, b)| {
+                        if upper_mask >> (i % 16) & 1 == 1 {
+                            b.to_ascii_uppercase()
+                        } else {
+                            b.to_ascii_lowercase()
+                        }
+                    },
+                )
                 .collect()
         }
         Name::Raw(b) => b.to_vec(),
@@ -90,7 +98,8 @@ fuzz_target!(|input: Input<'_>| {
     // 1. Arbitrary headers: never a panic, and Ok only when the response really is ours.
     let mut headers = HeaderMap::new();
     for (n, v) in &input.headers {
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(&name_bytes(n)), HeaderValue::from_bytes(&value_bytes(v))) else {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(&name_bytes(n)), HeaderValue::from_bytes(&value_bytes(v)))
+        else {
             continue;
         };
         headers.append(name, value);

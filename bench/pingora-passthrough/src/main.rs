@@ -29,8 +29,14 @@ fn main() {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
-        pid_file: std::env::temp_dir().join(format!("pingora-passthrough-{}.pid", std::process::id())).display().to_string(),
-        upgrade_sock: std::env::temp_dir().join(format!("pingora-passthrough-{}.sock", std::process::id())).display().to_string(),
+        pid_file: std::env::temp_dir()
+            .join(format!("pingora-passthrough-{}.pid", std::process::id()))
+            .display()
+            .to_string(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("pingora-passthrough-{}.sock", std::process::id()))
+            .display()
+            .to_string(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

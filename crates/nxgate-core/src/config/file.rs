@@ -1,0 +1,307 @@
+//! The config file as a person writes it (`conf/nxgate.yaml`).
+//!
+//! Every default here is the value shown in `conf/nxgate.yaml`; a test keeps the two equal.
+//! Nothing in this layer is trusted: `super::validate` turns it into the runtime model.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+use crate::signing::Algorithm;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Addresses that accept unsigned requests from internal services.
+    pub listen: Vec<String>,
+    /// The NXCloud endpoint.
+    pub upstream: UpstreamFile,
+    /// Body size limits.
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// Response verification.
+    #[serde(default)]
+    pub verify: VerifyFile,
+    /// Which paths may be proxied.
+    #[serde(default)]
+    pub routes: RoutesFile,
+    /// Tenant for callers that present no client key.
+    #[serde(default)]
+    pub default_tenant: Option<String>,
+    /// The accounts this gateway signs for.
+    pub tenants: Vec<TenantFile>,
+    /// Admin endpoints (health, readiness, metrics, reload); `null` disables them.
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: Option<String>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    /// Where rate-limit state lives.
+    #[serde(default)]
+    pub rate_limit_backend: RateLimitBackendFile,
+}
+
+/// Where rate-limit state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitKind {
+    /// In this process (each replica limits on its own).
+    #[default]
+    Local,
+    /// In Redis (the limit holds for the whole fleet).
+    Redis,
+}
+
+/// What to do with a request when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    /// Limit with this process's local limiter meanwhile.
+    #[default]
+    LocalFallback,
+    /// Refuse the request (429).
+    Deny,
+    /// Admit the request unlimited.
+    Allow,
+}
+
+/// `rate_limit_backend:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitBackendFile {
+    /// `"local"` or `"redis"`.
+    #[serde(default)]
+    pub kind: RateLimitKind,
+    /// Redis URL, used when `kind` is `"redis"`.
+    #[serde(default = "defaults::redis_url")]
+    pub redis_url: String,
+    /// Environment variable holding the Redis URL; overrides `redis_url`. For URLs that
+    /// carry a password, which then stays out of the config file.
+    #[serde(default)]
+    pub redis_url_env: Option<String>,
+    /// `"local_fallback"`, `"deny"` or `"allow"`.
+    #[serde(default)]
+    pub on_redis_error: OnRedisError,
+}
+
+impl Default for RateLimitBackendFile {
+    fn default() -> Self {
+        RateLimitBackendFile {
+            kind: RateLimitKind::Local,
+            redis_url: defaults::redis_url(),
+            redis_url_env: None,
+            on_redis_error: OnRedisError::LocalFallback,
+        }
+    }
+}
+
+/// A tenant's `rate_limit:` (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests that may arrive at once after an idle period.
+    pub burst: u32,
+}
+
+/// `upstream:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// `https://host[:port]` (or `http://` for loopback emulators).
+    pub url: String,
+    /// Extra PEM roots, added to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// TCP connect plus TLS handshake limit.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Limit on each read from (and write to) the upstream.
+    #[serde(default = "defaults::read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Limit on the whole upstream exchange.
+    #[serde(default = "defaults::total_timeout_ms")]
+    pub total_timeout_ms: u64,
+}
+
+/// `limits:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest request body accepted from a caller.
+    #[serde(default = "defaults::max_request_body_bytes")]
+    pub max_request_body_bytes: u64,
+    /// Largest upstream response body accepted.
+    #[serde(default = "defaults::max_response_body_bytes")]
+    pub max_response_body_bytes: u64,
+    /// Time a caller has to send a whole request header.
+    #[serde(default = "defaults::request_header_timeout_ms")]
+    pub request_header_timeout_ms: u64,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_request_body_bytes: defaults::max_request_body_bytes(),
+            max_response_body_bytes: defaults::max_response_body_bytes(),
+            request_header_timeout_ms: defaults::request_header_timeout_ms(),
+        }
+    }
+}
+
+/// What to do with a response that fails verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// Refuse it with 502 (the default).
+    #[default]
+    Enforce,
+    /// Pass it, but log and count the failure.
+    Report,
+    /// Do not check.
+    Off,
+}
+
+impl VerifyMode {
+    /// The config spelling, also a bounded log label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyMode::Enforce => "enforce",
+            VerifyMode::Report => "report",
+            VerifyMode::Off => "off",
+        }
+    }
+}
+
+/// `verify:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyFile {
+    /// `"enforce"`, `"report"` or `"off"`.
+    #[serde(default, deserialize_with = "mode_from_yaml")]
+    pub mode: VerifyMode,
+    /// Largest accepted distance between a response's createTs and our clock.
+    #[serde(default = "defaults::max_clock_skew_secs")]
+    pub max_clock_skew_secs: u64,
+}
+
+impl Default for VerifyFile {
+    fn default() -> Self {
+        VerifyFile { mode: VerifyMode::default(), max_clock_skew_secs: defaults::max_clock_skew_secs() }
+    }
+}
+
+/// YAML 1.1 tools read an unquoted `off` as `false`; serde_yaml reads it as the string.
+/// Accept the boolean spelling too, so `mode: off` never silently means anything else.
+fn mode_from_yaml<'de, D: serde::Deserializer<'de>>(d: D) -> Result<VerifyMode, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Mode(VerifyMode),
+        Bool(bool),
+    }
+    match Raw::deserialize(d) {
+        Ok(Raw::Mode(m)) => Ok(m),
+        Ok(Raw::Bool(false)) => Ok(VerifyMode::Off),
+        Ok(Raw::Bool(true)) | Err(_) => {
+            Err(serde::de::Error::custom("unknown verify mode: expected \"enforce\", \"report\" or \"off\""))
+        }
+    }
+}
+
+/// `routes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    /// Path prefixes that may be proxied; anything else is 404.
+    #[serde(default = "defaults::allow_prefixes")]
+    pub allow_prefixes: Vec<String>,
+}
+
+impl Default for RoutesFile {
+    fn default() -> Self {
+        RoutesFile { allow_prefixes: defaults::allow_prefixes() }
+    }
+}
+
+/// One entry of `tenants:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFile {
+    /// Operator's name for the tenant (logs, metrics).
+    pub name: String,
+    /// NXCloud account id.
+    pub uuid: String,
+    /// Environment variable that holds the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File that holds the secret (one trailing newline is stripped).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Signing algorithm.
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// sha256 (lowercase hex) of each client key that selects this tenant.
+    #[serde(default)]
+    pub client_keys_sha256: Vec<String>,
+    /// GCRA rate limit; absent = unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitFile>,
+    /// Most concurrent requests for this tenant; absent = unlimited.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Inline secrets are refused. The value is read into `IgnoredAny`, so it is never kept,
+    /// and the refusal can name the field instead of calling it merely "unknown".
+    #[serde(default, alias = "secretKey", alias = "secret_key")]
+    pub secret: Option<IgnoredAny>,
+}
+
+/// Defaults, equal to the values shown in `conf/nxgate.yaml`.
+pub mod defaults {
+    /// `upstream.connect_timeout_ms`.
+    pub fn connect_timeout_ms() -> u64 {
+        3_000
+    }
+    /// `upstream.read_timeout_ms`.
+    pub fn read_timeout_ms() -> u64 {
+        30_000
+    }
+    /// `upstream.total_timeout_ms`.
+    pub fn total_timeout_ms() -> u64 {
+        60_000
+    }
+    /// `limits.max_request_body_bytes`.
+    pub fn max_request_body_bytes() -> u64 {
+        1_048_576
+    }
+    /// `limits.max_response_body_bytes`.
+    pub fn max_response_body_bytes() -> u64 {
+        8_388_608
+    }
+    /// `limits.request_header_timeout_ms`.
+    pub fn request_header_timeout_ms() -> u64 {
+        10_000
+    }
+    /// `verify.max_clock_skew_secs`.
+    pub fn max_clock_skew_secs() -> u64 {
+        300
+    }
+    /// `admin_listen`.
+    pub fn admin_listen() -> Option<String> {
+        Some("127.0.0.1:9090".to_owned())
+    }
+    /// `shutdown_grace_secs`.
+    pub fn shutdown_grace_secs() -> u64 {
+        30
+    }
+    /// `rate_limit_backend.redis_url`.
+    pub fn redis_url() -> String {
+        "redis://127.0.0.1:6379/0".to_owned()
+    }
+    /// `routes.allow_prefixes`.
+    pub fn allow_prefixes() -> Vec<String> {
+        vec!["/callcentre/".to_owned()]
+    }
+}

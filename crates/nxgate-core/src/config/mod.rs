@@ -1,0 +1,554 @@
+//! Configuration: the file a person writes (`file`) and the validated model the gateway
+//! runs on (`GatewayConfig`).
+//!
+//! Validation happens once, here, at load (and again for every reload, before the new
+//! config replaces the old one). It collects every problem, each naming its field, so an
+//! operator fixes a file in one pass. Nothing after this point re-checks: a running
+//! gateway never sees an invalid config.
+
+pub mod file;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use file::{FileConfig, TenantFile};
+pub use file::{OnRedisError, RateLimitKind, VerifyMode};
+
+use crate::secret::Secret;
+use crate::signing::Algorithm;
+
+/// A config that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema.
+    #[error("config {path}: {msg}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// The parser's message (names the field and line).
+        msg: String,
+    },
+    /// The file parsed, but some values are not acceptable.
+    #[error("config {path} is invalid:\n{}", list(.problems))]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// Every problem found, each naming its field.
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// One invalid value, with the dotted path of its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// e.g. `tenants[1].secret_env`.
+    pub field: String,
+    /// What is wrong with it.
+    pub msg: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.msg)
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Proxy listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Where and how to reach NXCloud.
+    pub upstream: UpstreamConfig,
+    /// Largest request body accepted from a caller.
+    pub max_request_body_bytes: usize,
+    /// Largest upstream response body accepted.
+    pub max_response_body_bytes: usize,
+    /// Time a caller has to send a whole request header (see `downstream`).
+    pub request_header_timeout: Duration,
+    /// Response verification mode.
+    pub verify_mode: VerifyMode,
+    /// Largest accepted createTs distance, seconds.
+    pub max_clock_skew_secs: u64,
+    /// Allowed path prefixes.
+    pub allow_prefixes: Vec<String>,
+    /// Tenants in file order.
+    pub tenants: Vec<Tenant>,
+    /// Index into `tenants` of the default tenant.
+    pub default_tenant: Option<usize>,
+    /// Admin listener address, if enabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// Drain time allowed on SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// Where rate-limit state lives.
+    pub rate_limit_backend: RateLimitBackend,
+}
+
+/// The validated `rate_limit_backend:` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitBackend {
+    /// Local or Redis.
+    pub kind: RateLimitKind,
+    /// Redis URL (validated when `kind` is Redis). It may hold a password, so it is kept
+    /// like a secret: redacted in `Debug`, zeroized on drop.
+    pub redis_url: Secret,
+    /// Policy when Redis cannot answer.
+    pub on_redis_error: OnRedisError,
+}
+
+/// A tenant's GCRA limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    /// Sustained requests per second (> 0).
+    pub per_second: u32,
+    /// Burst size (> 0).
+    pub burst: u32,
+}
+
+/// The validated `upstream:` block.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `https` (true) or `http`.
+    pub tls: bool,
+    /// Host name or IP literal (no brackets), also the TLS SNI.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `Host` header value sent upstream.
+    pub authority: String,
+    /// Extra trust anchors (DER), added to the system roots.
+    pub extra_roots: Vec<Vec<u8>>,
+    /// TCP connect plus TLS handshake limit.
+    pub connect_timeout: Duration,
+    /// Per-read/write limit.
+    pub read_timeout: Duration,
+    /// Whole-exchange limit.
+    pub total_timeout: Duration,
+}
+
+/// One account the gateway signs for.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// Operator's name (a bounded label for logs and metrics).
+    pub name: String,
+    /// NXCloud account id.
+    pub uuid: String,
+    /// Signing key.
+    pub secret: Secret,
+    /// Signing algorithm.
+    pub algorithm: Algorithm,
+    /// sha256 digests of the client keys that select this tenant.
+    pub client_key_hashes: Vec<[u8; 32]>,
+    /// GCRA limit; `None` = unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Concurrency cap; `None` = unlimited.
+    pub max_in_flight: Option<u32>,
+    /// Where the secret came from (`env NAME` or `file PATH`), for summaries; never the value.
+    pub secret_source: String,
+}
+
+/// Where secrets come from; the process environment in production, a map in tests.
+pub trait Environment {
+    /// The value of an environment variable, if set.
+    fn var(&self, name: &str) -> Option<OsString>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<OsString> {
+        std::env::var_os(name)
+    }
+}
+
+impl<S: std::hash::BuildHasher> Environment for HashMap<String, String, S> {
+    fn var(&self, name: &str) -> Option<OsString> {
+        self.get(name).map(OsString::from)
+    }
+}
+
+/// Reads, parses and validates a config file against the process environment.
+pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+    load_with(path, &ProcessEnv)
+}
+
+/// Like [`load`], with an explicit environment.
+pub fn load_with(path: &Path, env: &dyn Environment) -> Result<GatewayConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(&text, path, env)
+}
+
+/// Parses and validates config text; `path` names the file in messages and anchors
+/// relative `secret_file` / `ca_file` paths.
+pub fn parse(text: &str, path: &Path, env: &dyn Environment) -> Result<GatewayConfig, ConfigError> {
+    let file: FileConfig =
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), msg: e.to_string() })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    validate(file, base, env).map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, msg: impl Into<String>) {
+        self.0.push(Problem { field: field.into(), msg: msg.into() });
+    }
+}
+
+/// Largest CA file read.
+const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Turns the file model into the runtime model, or lists everything wrong with it.
+pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<GatewayConfig, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+
+    if file.listen.is_empty() {
+        p.add("listen", "at least one address is required");
+    }
+    let mut listen = Vec::new();
+    for (i, a) in file.listen.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(addr) => listen.push(addr),
+            Err(_) => p.add(format!("listen[{i}]"), format!("{a:?} is not an IP:port address")),
+        }
+    }
+
+    let upstream = validate_upstream(&file.upstream, base, &mut p);
+
+    let limits = &file.limits;
+    let max_request_body_bytes = positive_size("limits.max_request_body_bytes", limits.max_request_body_bytes, &mut p);
+    let max_response_body_bytes =
+        positive_size("limits.max_response_body_bytes", limits.max_response_body_bytes, &mut p);
+    let request_header_timeout =
+        positive_ms("limits.request_header_timeout_ms", limits.request_header_timeout_ms, &mut p);
+
+    if file.routes.allow_prefixes.is_empty() {
+        p.add("routes.allow_prefixes", "at least one prefix is required (nothing could be proxied)");
+    }
+    for (i, prefix) in file.routes.allow_prefixes.iter().enumerate() {
+        if !prefix.starts_with('/') {
+            p.add(format!("routes.allow_prefixes[{i}]"), format!("{prefix:?} must start with '/'"));
+        } else if prefix.split('/').any(|seg| seg == "." || seg == "..") || prefix.contains('%') {
+            p.add(format!("routes.allow_prefixes[{i}]"), "must not contain dot segments or percent-encoding");
+        }
+    }
+
+    let tenants = validate_tenants(&file.tenants, base, env, &mut p);
+
+    let default_tenant = match &file.default_tenant {
+        None => None,
+        Some(name) => {
+            let idx = file.tenants.iter().position(|t| &t.name == name);
+            if idx.is_none() {
+                p.add("default_tenant", format!("{name:?} is not the name of a tenant"));
+            }
+            idx
+        }
+    };
+
+    let admin_listen = match &file.admin_listen {
+        None => None,
+        Some(a) => match a.parse::<SocketAddr>() {
+            // Port 0 is a fresh kernel-picked port for each listener, so it never clashes.
+            Ok(addr) if addr.port() != 0 && listen.contains(&addr) => {
+                p.add("admin_listen", "must differ from every proxy listen address");
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                p.add("admin_listen", format!("{a:?} is not an IP:port address"));
+                None
+            }
+        },
+    };
+    let backend = &file.rate_limit_backend;
+    let (redis_url, url_field) = match &backend.redis_url_env {
+        None => (Some(backend.redis_url.clone()), "rate_limit_backend.redis_url"),
+        Some(var) => match env.var(var).map(|v| v.into_string()) {
+            Some(Ok(url)) => (Some(url), "rate_limit_backend.redis_url_env"),
+            Some(Err(_)) => {
+                p.add("rate_limit_backend.redis_url_env", format!("environment variable {var} is not UTF-8"));
+                (None, "")
+            }
+            None if backend.kind == RateLimitKind::Redis => {
+                p.add("rate_limit_backend.redis_url_env", format!("environment variable {var} is not set"));
+                (None, "")
+            }
+            None => (Some(backend.redis_url.clone()), "rate_limit_backend.redis_url"),
+        },
+    };
+    if backend.kind == RateLimitKind::Redis {
+        if let Some(url) = &redis_url {
+            match url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("redis" | "rediss")) && u.host().is_some() => {}
+                // The URL may carry a password: do not echo it.
+                _ => p.add(url_field, "must be redis://[user:password@]host[:port][/db]"),
+            }
+        }
+    }
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    Ok(GatewayConfig {
+        admin_listen,
+        shutdown_grace: Duration::from_secs(file.shutdown_grace_secs),
+        rate_limit_backend: RateLimitBackend {
+            kind: backend.kind,
+            redis_url: Secret::new(redis_url.unwrap_or_default().into_bytes()),
+            on_redis_error: backend.on_redis_error,
+        },
+        listen,
+        upstream: upstream.expect("no problems means the upstream validated"),
+        max_request_body_bytes,
+        max_response_body_bytes,
+        request_header_timeout,
+        verify_mode: file.verify.mode,
+        max_clock_skew_secs: file.verify.max_clock_skew_secs,
+        allow_prefixes: file.routes.allow_prefixes,
+        tenants,
+        default_tenant,
+    })
+}
+
+fn positive_size(field: &str, v: u64, p: &mut Problems) -> usize {
+    if v == 0 {
+        p.add(field, "must be greater than 0");
+    }
+    usize::try_from(v).unwrap_or_else(|_| {
+        p.add(field, "is too large for this platform");
+        0
+    })
+}
+
+fn positive_ms(field: &str, ms: u64, p: &mut Problems) -> Duration {
+    if ms == 0 {
+        p.add(field, "must be greater than 0");
+    }
+    Duration::from_millis(ms)
+}
+
+fn validate_upstream(u: &file::UpstreamFile, base: &Path, p: &mut Problems) -> Option<UpstreamConfig> {
+    let connect_timeout = positive_ms("upstream.connect_timeout_ms", u.connect_timeout_ms, p);
+    let read_timeout = positive_ms("upstream.read_timeout_ms", u.read_timeout_ms, p);
+    let total_timeout = positive_ms("upstream.total_timeout_ms", u.total_timeout_ms, p);
+
+    let extra_roots = match &u.ca_file {
+        None => Vec::new(),
+        Some(f) => match read_pem_certs(&resolve(base, f)) {
+            Ok(certs) => certs,
+            Err(msg) => {
+                p.add("upstream.ca_file", msg);
+                Vec::new()
+            }
+        },
+    };
+
+    let uri: http::Uri = match u.url.parse() {
+        Ok(uri) => uri,
+        Err(_) => {
+            p.add("upstream.url", format!("{:?} is not a URL", u.url));
+            return None;
+        }
+    };
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            p.add("upstream.url", "scheme must be https:// (or http:// for local emulators)");
+            return None;
+        }
+    };
+    let Some(auth) = uri.authority() else {
+        p.add("upstream.url", "has no host");
+        return None;
+    };
+    if auth.as_str().contains('@') {
+        p.add("upstream.url", "must not contain user info");
+        return None;
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        p.add("upstream.url", "must be scheme://host[:port] only; the caller's path is appended as-is");
+        return None;
+    }
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Some(UpstreamConfig {
+        tls,
+        host,
+        port,
+        authority: auth.as_str().to_owned(),
+        extra_roots,
+        connect_timeout,
+        read_timeout,
+        total_timeout,
+    })
+}
+
+/// Reads every certificate of a PEM file as DER, checking each parses as X.509.
+fn read_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let data = crate::secret::read_small_file(path, MAX_CA_FILE_BYTES)?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut data.as_slice()) {
+        let der = item.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        x509_parser::parse_x509_certificate(&der).map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
+        certs.push(der.to_vec());
+    }
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn is_header_safe(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn validate_tenants(tenants: &[TenantFile], base: &Path, env: &dyn Environment, p: &mut Problems) -> Vec<Tenant> {
+    if tenants.is_empty() {
+        p.add("tenants", "at least one tenant is required");
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut uuids: HashMap<&str, usize> = HashMap::new();
+    let mut keys: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, t) in tenants.iter().enumerate() {
+        let at = |f: &str| format!("tenants[{i}].{f}");
+        if t.name.is_empty() || !t.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            p.add(at("name"), "must be non-empty and use only letters, digits, '-', '_' or '.'");
+        } else if let Some(j) = names.insert(&t.name, i) {
+            p.add(at("name"), format!("{:?} is also the name of tenants[{j}]", t.name));
+        }
+        if !is_header_safe(&t.uuid) {
+            p.add(at("uuid"), "must be non-empty visible ASCII (it is sent as a header)");
+        } else if let Some(j) = uuids.insert(&t.uuid, i) {
+            p.add(at("uuid"), format!("is also the uuid of tenants[{j}]"));
+        }
+        if t.secret.is_some() {
+            p.add(at("secret"), "inline secrets are not allowed; use secret_env or secret_file");
+        }
+        let secret = match (&t.secret_env, &t.secret_file) {
+            (Some(_), Some(_)) => {
+                p.add(at("secret_env"), "set exactly one of secret_env / secret_file, not both");
+                None
+            }
+            (None, None) => {
+                p.add(at("secret_env"), "a secret is required: set secret_env or secret_file");
+                None
+            }
+            (Some(var), None) => match env.var(var) {
+                None => {
+                    p.add(at("secret_env"), format!("environment variable {var} is not set"));
+                    None
+                }
+                Some(v) => Some(Secret::new(v.into_encoded_bytes())),
+            },
+            (None, Some(f)) => match crate::secret::read_secret_file(&resolve(base, f)) {
+                Err(e) => {
+                    p.add(at("secret_file"), e);
+                    None
+                }
+                Ok(secret) => {
+                    warn_if_readable_by_others(&resolve(base, f), &t.name);
+                    Some(secret)
+                }
+            },
+        };
+        let secret = match secret {
+            Some(s) if s.is_empty() => {
+                let field = if t.secret_env.is_some() { "secret_env" } else { "secret_file" };
+                p.add(at(field), "the secret is empty");
+                None
+            }
+            other => other,
+        };
+        let mut hashes = Vec::new();
+        for (k, h) in t.client_keys_sha256.iter().enumerate() {
+            let field = at(&format!("client_keys_sha256[{k}]"));
+            let valid = h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            let Some(digest) = valid.then(|| hex::decode(h).ok()).flatten() else {
+                p.add(field, "must be 64 lowercase hex digits (sha256 of the key)");
+                continue;
+            };
+            let digest: [u8; 32] = digest.try_into().expect("64 hex digits are 32 bytes");
+            if let Some(j) = keys.insert(digest, i) {
+                p.add(field, format!("this key hash is already listed for tenants[{j}]"));
+            }
+            hashes.push(digest);
+        }
+        let rate_limit = t.rate_limit.and_then(|r| {
+            if r.per_second == 0 || r.burst == 0 {
+                p.add(
+                    at("rate_limit"),
+                    "per_second and burst must both be greater than 0 (omit rate_limit for unlimited)",
+                );
+                None
+            } else {
+                Some(RateLimit { per_second: r.per_second, burst: r.burst })
+            }
+        });
+        if t.max_in_flight == Some(0) {
+            p.add(at("max_in_flight"), "must be greater than 0 (omit it for unlimited)");
+        }
+        if let Some(secret) = secret {
+            out.push(Tenant {
+                rate_limit,
+                max_in_flight: t.max_in_flight,
+                name: t.name.clone(),
+                uuid: t.uuid.clone(),
+                secret,
+                algorithm: t.algorithm,
+                client_key_hashes: hashes,
+                secret_source: match (&t.secret_env, &t.secret_file) {
+                    (Some(var), _) => format!("env {var}"),
+                    (_, Some(f)) => format!("file {}", f.display()),
+                    (None, None) => unreachable!("a secret was loaded from one of them"),
+                },
+            });
+        }
+    }
+    out
+}
+
+/// A secret file others can read is a leak waiting to happen; it still loads (operators
+/// may have reasons), but the gateway says so at every load.
+fn warn_if_readable_by_others(path: &Path, tenant: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                tenant,
+                path = %path.display(),
+                "secret_file is readable by every user on this host; chmod o-r (e.g. 0600 or 0640)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+use super::*;
+use std::io::Write;
+
+const MINIMAL: &str = r#"
+listen: ["127.0.0.1:8080"]
+upstream:
+  url: "https://nxbot.nxcloud.com"
+tenants:
+  - name: acme
+    uuid: "Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR"
+    secret_env: NXGATE_ACME_SECRET
+"#;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([("NXGATE_ACME_SECRET".to_owned(), "s3cr3t-value".to_owned())])
+}
+
+fn load_text(text: &str) -> Result<GatewayConfig, ConfigError> {
+    parse(text, Path::new("test.yaml"), &env())
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match load_text(text) {
+        Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(|p| p.to_string()).collect(),
+        Err(other) => vec![other.to_string()],
+        Ok(_) => panic!("config unexpectedly valid:\n{text}"),
+    }
+}
+
+fn assert_problem(text: &str, field: &str) {
+    let ps = problems(text);
+    assert!(ps.iter().any(|p| p.contains(field)), "expected a problem naming {field}, got {ps:#?}");
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = load_text(MINIMAL).unwrap();
+    assert_eq!(c.upstream.connect_timeout, Duration::from_millis(3000));
+    assert_eq!(c.upstream.read_timeout, Duration::from_millis(30000));
+    assert_eq!(c.upstream.total_timeout, Duration::from_millis(60000));
+    assert_eq!(c.max_request_body_bytes, 1_048_576);
+    assert_eq!(c.max_response_body_bytes, 8_388_608);
+    assert_eq!(c.request_header_timeout, Duration::from_millis(10_000));
+    assert_eq!(c.verify_mode, VerifyMode::Enforce);
+    assert_eq!(c.max_clock_skew_secs, 300);
+    assert_eq!(c.allow_prefixes, vec!["/callcentre/".to_owned()]);
+    assert_eq!(c.default_tenant, None);
+    assert!(c.upstream.tls);
+    assert_eq!((c.upstream.host.as_str(), c.upstream.port), ("nxbot.nxcloud.com", 443));
+    assert_eq!(c.tenants[0].algorithm, Algorithm::Md5);
+    assert_eq!(c.tenants[0].secret.expose(), b"s3cr3t-value");
+    assert_eq!(c.tenants[0].rate_limit, None);
+    assert_eq!(c.tenants[0].max_in_flight, None);
+    assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.rate_limit_backend.kind, RateLimitKind::Local);
+    assert_eq!(c.rate_limit_backend.on_redis_error, OnRedisError::LocalFallback);
+}
+
+#[test]
+fn rate_limits_and_backend_are_validated() {
+    let with_tenant = |extra: &str| {
+        MINIMAL.replace("    secret_env: NXGATE_ACME_SECRET\n", &format!("    secret_env: NXGATE_ACME_SECRET\n{extra}"))
+    };
+    let c =
+        load_text(&with_tenant("    rate_limit: { per_second: 50, burst: 100 }\n    max_in_flight: 256\n")).unwrap();
+    assert_eq!(c.tenants[0].rate_limit, Some(RateLimit { per_second: 50, burst: 100 }));
+    assert_eq!(c.tenants[0].max_in_flight, Some(256));
+    assert_problem(&with_tenant("    rate_limit: { per_second: 0, burst: 1 }\n"), "tenants[0].rate_limit");
+    assert_problem(&with_tenant("    max_in_flight: 0\n"), "tenants[0].max_in_flight");
+    assert!(load_text(&with_tenant("    rate_limit: { per_second: 1 }\n")).is_err());
+    let redis = |url: &str, policy: &str| {
+        format!(
+            "{MINIMAL}rate_limit_backend: {{ kind: \"redis\", redis_url: \"{url}\", on_redis_error: \"{policy}\" }}\n"
+        )
+    };
+    let c = load_text(&redis("redis://127.0.0.1:6380/2", "deny")).unwrap();
+    assert_eq!(c.rate_limit_backend.kind, RateLimitKind::Redis);
+    assert_eq!(c.rate_limit_backend.redis_url.expose(), b"redis://127.0.0.1:6380/2");
+    assert_eq!(c.rate_limit_backend.on_redis_error, OnRedisError::Deny);
+    let err = problems(&redis("http://user:pa55w0rd@x", "allow")).join("\n");
+    assert!(err.contains("rate_limit_backend.redis_url") && !err.contains("pa55w0rd"), "{err}");
+    assert!(load_text(&redis("redis://x", "sometimes")).is_err());
+}
+
+#[test]
+fn redis_url_env_keeps_the_password_out_of_the_file() {
+    let text = format!("{MINIMAL}rate_limit_backend: {{ kind: \"redis\", redis_url_env: NXGATE_REDIS_URL }}\n");
+    let env = HashMap::from([
+        ("NXGATE_ACME_SECRET".to_owned(), "s".to_owned()),
+        ("NXGATE_REDIS_URL".to_owned(), "redis://:pa55@10.0.0.5:6379/1".to_owned()),
+    ]);
+    let c = parse(&text, Path::new("t.yaml"), &env).unwrap();
+    assert_eq!(c.rate_limit_backend.redis_url.expose(), b"redis://:pa55@10.0.0.5:6379/1");
+    assert_problem(&text, "rate_limit_backend.redis_url_env");
+    let bad = HashMap::from([
+        ("NXGATE_ACME_SECRET".to_owned(), "s".to_owned()),
+        ("NXGATE_REDIS_URL".to_owned(), "http://:pa55@x".to_owned()),
+    ]);
+    match parse(&text, Path::new("t.yaml"), &bad) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("rate_limit_backend.redis_url_env") && !e.contains("pa55"), "{e}");
+        }
+        Ok(_) => panic!("an http:// Redis URL was accepted"),
+    }
+}
+
+#[test]
+fn request_header_timeout_is_read_and_must_be_positive() {
+    let c = load_text(&format!("{MINIMAL}limits: {{ request_header_timeout_ms: 2500 }}\n")).unwrap();
+    assert_eq!(c.request_header_timeout, Duration::from_millis(2500));
+    assert_problem(
+        &format!("{MINIMAL}limits: {{ request_header_timeout_ms: 0 }}\n"),
+        "limits.request_header_timeout_ms",
+    );
+}
+
+#[test]
+fn admin_listen_is_validated_and_can_be_disabled() {
+    assert_eq!(load_text(&format!("{MINIMAL}admin_listen: null\n")).unwrap().admin_listen, None);
+    assert_problem(&format!("{MINIMAL}admin_listen: \"nowhere\"\n"), "admin_listen");
+    assert_problem(&format!("{MINIMAL}admin_listen: \"127.0.0.1:8080\"\n"), "admin_listen");
+}
+
+/// The shipped example documents every default: loading it must give the same values as
+/// leaving every optional key out.
+#[test]
+fn shipped_example_states_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf/nxgate.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let env = HashMap::from([("NXGATE_ACME_SECRET".to_owned(), "x".to_owned())]);
+    let shipped = parse(&text, &path, &env).unwrap();
+    let minimal = load_text(MINIMAL).unwrap();
+    assert_eq!(shipped.upstream.connect_timeout, minimal.upstream.connect_timeout);
+    assert_eq!(shipped.upstream.read_timeout, minimal.upstream.read_timeout);
+    assert_eq!(shipped.upstream.total_timeout, minimal.upstream.total_timeout);
+    assert_eq!(shipped.upstream.extra_roots, minimal.upstream.extra_roots);
+    assert_eq!(shipped.max_request_body_bytes, minimal.max_request_body_bytes);
+    assert_eq!(shipped.max_response_body_bytes, minimal.max_response_body_bytes);
+    assert_eq!(shipped.request_header_timeout, minimal.request_header_timeout);
+    assert_eq!(shipped.verify_mode, minimal.verify_mode);
+    assert_eq!(shipped.max_clock_skew_secs, minimal.max_clock_skew_secs);
+    assert_eq!(shipped.allow_prefixes, minimal.allow_prefixes);
+    assert_eq!(shipped.default_tenant, minimal.default_tenant);
+    assert_eq!(shipped.tenants[0].algorithm, minimal.tenants[0].algorithm);
+    assert_eq!(shipped.tenants[0].rate_limit, minimal.tenants[0].rate_limit);
+    assert_eq!(shipped.tenants[0].max_in_flight, minimal.tenants[0].max_in_flight);
+    assert_eq!(shipped.admin_listen, minimal.admin_listen);
+    assert_eq!(shipped.shutdown_grace, minimal.shutdown_grace);
+    assert_eq!(shipped.rate_limit_backend, minimal.rate_limit_backend);
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_name() {
+    let text = MINIMAL.replace("  url:", "  urll: x\n  url:");
+    let err = load_text(&text).unwrap_err().to_string();
+    assert!(err.contains("urll"), "{err}");
+    let text = format!("{MINIMAL}\nratelimit: 5\n");
+    assert!(load_text(&text).unwrap_err().to_string().contains("ratelimit"));
+}
+
+#[test]
+fn an_inline_secret_is_refused_and_never_echoed() {
+    let text = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secret: \"inline-hunter2\"");
+    let ps = problems(&text);
+    assert!(ps.iter().any(|p| p.contains("tenants[0].secret") && p.contains("inline")), "{ps:#?}");
+    assert!(!ps.join("\n").contains("hunter2"));
+    let text = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secretKey: \"inline-hunter2\"");
+    let err = load_text(&text).unwrap_err().to_string();
+    assert!(err.contains("tenants[0].secret") && !err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_missing_secret_names_the_field() {
+    assert_problem(&MINIMAL.replace("NXGATE_ACME_SECRET", "NXGATE_UNSET_VAR"), "tenants[0].secret_env");
+    assert_problem(&MINIMAL.replace("    secret_env: NXGATE_ACME_SECRET\n", ""), "tenants[0].secret_env");
+    assert_problem(
+        &MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secret_env: NXGATE_ACME_SECRET\n    secret_file: /x"),
+        "exactly one",
+    );
+    assert_problem(
+        &MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secret_file: /nonexistent/nxgate"),
+        "tenants[0].secret_file",
+    );
+}
+
+#[test]
+fn an_empty_secret_is_refused() {
+    let env = HashMap::from([("NXGATE_ACME_SECRET".to_owned(), String::new())]);
+    match parse(MINIMAL, Path::new("t.yaml"), &env) {
+        Err(ConfigError::Invalid { problems, .. }) => assert!(problems[0].to_string().contains("empty")),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn secret_file(contents: &[u8]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(contents).unwrap();
+    f
+}
+
+#[test]
+fn a_secret_file_loses_exactly_one_trailing_newline() {
+    for (contents, expected) in [(&b"abc\n"[..], &b"abc"[..]), (b"abc", b"abc"), (b"abc\r\n", b"abc")] {
+        let f = secret_file(contents);
+        let text = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", &format!("secret_file: {}", f.path().display()));
+        let c = load_text(&text).unwrap();
+        assert_eq!(c.tenants[0].secret.expose(), expected);
+        assert!(c.tenants[0].secret_source.starts_with("file "));
+    }
+    let f = secret_file(b"abc\n\n");
+    let text = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", &format!("secret_file: {}", f.path().display()));
+    assert_problem(&text, "more than one newline");
+}
+
+const TWO: &str = r#"
+listen: ["127.0.0.1:8080"]
+upstream: { url: "https://nxbot.nxcloud.com" }
+tenants:
+  - name: acme
+    uuid: "U1"
+    secret_env: NXGATE_ACME_SECRET
+    client_keys_sha256: ["ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]
+  - name: beta
+    uuid: "U2"
+    secret_env: NXGATE_ACME_SECRET
+    client_keys_sha256: ["0000000000000000000000000000000000000000000000000000000000000001"]
+"#;
+
+#[test]
+fn secret_and_ca_files_must_be_small_regular_files() {
+    // A device would be read until memory runs out; a FIFO would hang the load.
+    let dev = MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", "secret_file: /dev/zero");
+    let ps = problems(&dev);
+    assert!(ps.iter().any(|p| p.contains("tenants[0].secret_file") && p.contains("not a regular file")), "{ps:#?}");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let ps = problems(&MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", &format!("secret_file: {}", fifo.display())));
+    assert!(ps.iter().any(|p| p.contains("not a regular file")), "{ps:#?}");
+    let big = secret_file(&vec![b'a'; 64 * 1024 + 1]);
+    let ps =
+        problems(&MINIMAL.replace("secret_env: NXGATE_ACME_SECRET", &format!("secret_file: {}", big.path().display())));
+    assert!(ps.iter().any(|p| p.contains("larger than")), "{ps:#?}");
+    let with_ca = |path: &str| {
+        MINIMAL.replace(
+            "  url: \"https://nxbot.nxcloud.com\"",
+            &format!("  url: \"https://nxbot.nxcloud.com\"\n  ca_file: {path}"),
+        )
+    };
+    assert_problem(&with_ca("/dev/zero"), "upstream.ca_file");
+}
+
+#[test]
+fn duplicate_names_uuids_and_keys_are_refused() {
+    load_text(TWO).unwrap();
+    assert_problem(&TWO.replace("name: beta", "name: acme"), "tenants[1].name");
+    assert_problem(&TWO.replace("\"U2\"", "\"U1\""), "tenants[1].uuid");
+    assert_problem(
+        &TWO.replace(
+            "0000000000000000000000000000000000000000000000000000000000000001",
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ),
+        "tenants[1].client_keys_sha256[0]",
+    );
+}
+
+#[test]
+fn malformed_key_hashes_are_refused() {
+    for bad in [
+        "abc",
+        "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
+        "zz7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    ] {
+        assert_problem(
+            &TWO.replace("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", bad),
+            "tenants[0].client_keys_sha256[0]",
+        );
+    }
+}
+
+#[test]
+fn default_tenant_must_name_a_tenant() {
+    assert_problem(&format!("{TWO}default_tenant: nobody\n"), "default_tenant");
+    assert_eq!(load_text(&format!("{TWO}default_tenant: beta\n")).unwrap().default_tenant, Some(1));
+}
+
+#[test]
+fn bad_values_name_their_fields_all_at_once() {
+    let text = r#"
+listen: ["localhost:80", "127.0.0.1:1"]
+upstream:
+  url: "ftp://x"
+  connect_timeout_ms: 0
+limits: { max_request_body_bytes: 0 }
+routes: { allow_prefixes: ["callcentre/"] }
+tenants: []
+"#;
+    let ps = problems(text);
+    for field in [
+        "listen[0]",
+        "upstream.url",
+        "upstream.connect_timeout_ms",
+        "limits.max_request_body_bytes",
+        "routes.allow_prefixes[0]",
+        "tenants",
+    ] {
+        assert!(ps.iter().any(|p| p.starts_with(field)), "{field} missing from {ps:#?}");
+    }
+}
+
+#[test]
+fn upstream_url_must_be_a_bare_origin() {
+    for bad in ["https://x/api", "https://x?a=1", "https://user:pw@x", "x", "https://"] {
+        assert_problem(&MINIMAL.replace("https://nxbot.nxcloud.com", bad), "upstream.url");
+    }
+    let c = load_text(&MINIMAL.replace("https://nxbot.nxcloud.com", "http://127.0.0.1:9000/")).unwrap();
+    assert!(!c.upstream.tls);
+    assert_eq!(
+        (c.upstream.host.as_str(), c.upstream.port, c.upstream.authority.as_str()),
+        ("127.0.0.1", 9000, "127.0.0.1:9000")
+    );
+    let c = load_text(&MINIMAL.replace("https://nxbot.nxcloud.com", "https://[::1]:8443")).unwrap();
+    assert_eq!(c.upstream.host, "::1");
+}
+
+#[test]
+fn verify_mode_accepts_quoted_and_yaml11_off() {
+    let with = |m: &str| load_text(&format!("{MINIMAL}verify: {{ mode: {m} }}\n"));
+    assert_eq!(with("\"off\"").unwrap().verify_mode, VerifyMode::Off);
+    assert_eq!(with("off").unwrap().verify_mode, VerifyMode::Off);
+    assert_eq!(with("false").unwrap().verify_mode, VerifyMode::Off);
+    assert_eq!(with("\"report\"").unwrap().verify_mode, VerifyMode::Report);
+    assert!(with("\"strict\"").unwrap_err().to_string().contains("verify mode"));
+    assert!(with("true").is_err());
+}
+
+#[test]
+fn ca_file_must_hold_certificates() {
+    let f = secret_file(b"not a pem\n");
+    assert_problem(
+        &MINIMAL.replace(
+            "  url: \"https://nxbot.nxcloud.com\"",
+            &format!("  url: \"https://nxbot.nxcloud.com\"\n  ca_file: {}", f.path().display()),
+        ),
+        "upstream.ca_file",
+    );
+}
+
+#[test]
+fn debug_output_of_a_loaded_config_has_no_secret() {
+    let text = format!(
+        "{MINIMAL}rate_limit_backend: {{ kind: \"redis\", redis_url: \"redis://:r3d1s-pa55@127.0.0.1:6379/0\" }}\n"
+    );
+    let c = load_text(&text).unwrap();
+    let shown = format!("{c:?} {c:#?}");
+    assert!(!shown.contains("s3cr3t-value"), "{shown}");
+    assert!(!shown.contains("r3d1s-pa55"), "redis password in Debug output");
+}
+
+#[test]
+fn port_zero_may_appear_on_every_listener() {
+    let listen = MINIMAL.lines().find(|l| l.starts_with("listen:")).expect("MINIMAL has a listen line");
+    let text = MINIMAL.replace(listen, "listen: [\"127.0.0.1:0\"]\nadmin_listen: \"127.0.0.1:0\"");
+    let c = load_text(&text).unwrap();
+    assert_eq!(c.listen[0].port(), 0);
+    assert_eq!(c.admin_listen.map(|a| a.port()), Some(0));
+}

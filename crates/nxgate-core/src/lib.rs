@@ -1,0 +1,19 @@
+//! nxgate's pure core: everything about a request and its answer that can be decided
+//! without a socket, a clock tick or an async runtime.
+//!
+//! Module map, in the order a request meets them: `tenants` (who is calling), `routes`
+//! (may this path go out), `headers` (what crosses), `signing` (sign the exact body),
+//! `verify` (check the answer), `errors` (the refusal contract and its one wire
+//! rendering). `config` turns the file format into the validated model the gateway runs
+//! on; `secret` holds key material; `clock` is the one wall clock.
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod config;
+pub mod errors;
+pub mod headers;
+pub mod routes;
+pub mod secret;
+pub mod signing;
+pub mod tenants;
+pub mod verify;

@@ -1,0 +1,238 @@
+//! What each subcommand does. `main.rs` only parses arguments and calls in here.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::cli::args::SignArgs;
+use crate::pipeline::exchange::{self, ExchangeReport, Outbound};
+use crate::runtime::generation::Generation;
+use crate::runtime::server::{self, StartMode};
+use nxgate_core::config::{self, GatewayConfig, Tenant, VerifyMode};
+use nxgate_core::secret::{self, Secret};
+use nxgate_core::signing::{self, Algorithm, SigningInput};
+
+/// `nxgate run`.
+pub fn run(path: &Path, mode: &StartMode) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        listen = ?config.listen,
+        upstream = %config.upstream.authority,
+        tenants = config.tenants.len(),
+        verify = config.verify_mode.as_str(),
+        "nxgate starting"
+    );
+    match server::Gateway::build(config, path, mode) {
+        Ok(gateway) => {
+            gateway.run();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The path `nxgate ping` calls.
+pub const PING_PATH: &str = "/callcentre/api/v3/ping";
+
+/// `nxgate ping`: one signed, verified ping per tenant, through the proxy's own exchange
+/// code, always in enforce mode (a ping that is not verified proves nothing).
+pub fn ping(path: &Path, only: Option<&str>) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let generation = Generation::new(config);
+    let tenants: Vec<Arc<Tenant>> = match only {
+        None => generation.tenants.all().to_vec(),
+        Some(name) => match generation.tenants.by_name(name) {
+            Some(t) => vec![t.clone()],
+            None => {
+                eprintln!("no tenant named {name:?}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for tenant in &tenants {
+        let outcome = rt.block_on(ping_one(&generation, tenant));
+        match outcome {
+            Ok(summary) => println!("{}: OK ({summary})", tenant.name),
+            Err(reason) => {
+                failed += 1;
+                println!("{}: FAILED: {reason}", tenant.name);
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn ping_one(g: &Generation, tenant: &Tenant) -> Result<String, String> {
+    let request_id = signing::new_request_id();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let out = Outbound { method: &http::Method::POST, target: PING_PATH, headers: &headers };
+    let body = bytes::Bytes::from_static(b"{}");
+    let mut report = ExchangeReport::default();
+    let started = std::time::Instant::now();
+    let response = exchange::signed_exchange(g, tenant, &request_id, out, &body, VerifyMode::Enforce, &mut report)
+        .await
+        .map_err(|e| format!("{} ({}, requestID {request_id})", e, e.kind()))?;
+    let status = response.header.status.as_u16();
+    let answer: serde_json::Value = serde_json::from_slice(&response.body)
+        .map_err(|_| format!("HTTP {status}, signed, but the body is not JSON (requestID {request_id})"))?;
+    if status != 200 || answer["code"] != 0 {
+        return Err(format!("HTTP {status}, code {}, msg {} (requestID {request_id})", answer["code"], answer["msg"]));
+    }
+    Ok(format!("HTTP 200, code 0, verified, {} ms, requestID {request_id}", started.elapsed().as_millis()))
+}
+
+/// `nxgate healthcheck`.
+pub fn healthcheck(url: &str) -> ExitCode {
+    let parsed = url.parse::<http::Uri>().ok().filter(|u| u.scheme_str() == Some("http"));
+    let Some(uri) = parsed else {
+        eprintln!("healthcheck takes an http:// URL");
+        return ExitCode::FAILURE;
+    };
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    let addr = match std::net::ToSocketAddrs::to_socket_addrs(&authority).ok().and_then(|mut a| a.next()) {
+        Some(a) => a,
+        None => {
+            eprintln!("cannot resolve {authority}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    match nxgate_testkit::client::request(addr, "GET", path, &[], b"") {
+        Ok(r) if r.status == 200 => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("{url}: HTTP {}", r.status);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A summary of a validated config with no secret in it.
+pub fn summary(c: &GatewayConfig) -> String {
+    let mut out = String::new();
+    let scheme = if c.upstream.tls { "https" } else { "http" };
+    out.push_str(&format!("listen: {}\n", c.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")));
+    out.push_str(&format!("upstream: {scheme}://{}", c.upstream.authority));
+    if !c.upstream.extra_roots.is_empty() {
+        out.push_str(&format!(" (+{} extra CA certificates)", c.upstream.extra_roots.len()));
+    }
+    out.push('\n');
+    out.push_str(&format!(
+        "verify: {} (max clock skew {} s)\nroutes: {}\n",
+        c.verify_mode.as_str(),
+        c.max_clock_skew_secs,
+        c.allow_prefixes.join(", ")
+    ));
+    out.push_str(&format!(
+        "limits: request body {} B, response body {} B, request header within {} ms\n",
+        c.max_request_body_bytes,
+        c.max_response_body_bytes,
+        c.request_header_timeout.as_millis()
+    ));
+    out.push_str(&format!("tenants: {}\n", c.tenants.len()));
+    for (i, t) in c.tenants.iter().enumerate() {
+        let default = if c.default_tenant == Some(i) { ", default" } else { "" };
+        out.push_str(&format!(
+            "  - {} (uuid {}, {}, {} client keys, secret from {}{default})\n",
+            t.name,
+            t.uuid,
+            t.algorithm,
+            t.client_key_hashes.len(),
+            t.secret_source
+        ));
+    }
+    out
+}
+
+/// `nxgate check`.
+pub fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            print!("{}", summary(&c));
+            println!("config OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `nxgate sign`.
+pub fn sign(args: &SignArgs) -> ExitCode {
+    let (uuid, secret, tenant_alg) = match sign_credentials(args) {
+        Ok(v) => v,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("cannot read the body from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let algorithm = args.algorithm.or(tenant_alg).unwrap_or_default();
+    let request_id = args.request_id.clone().unwrap_or_else(signing::new_request_id);
+    let create_ts = args.create_ts.unwrap_or_else(|| nxgate_core::clock::now_unix().as_secs()).to_string();
+    let input = SigningInput { body: &body, create_ts: &create_ts, request_id: &request_id, uuid: &uuid };
+    for (name, value) in signing::signed_headers(&secret, algorithm, &input).pairs() {
+        println!("{name}: {value}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn sign_credentials(args: &SignArgs) -> Result<(String, Secret, Option<Algorithm>), String> {
+    if let (Some(path), Some(name)) = (&args.config, &args.tenant) {
+        let c = config::load(path).map_err(|e| e.to_string())?;
+        let t = c.tenants.into_iter().find(|t| &t.name == name).ok_or(format!("no tenant named {name:?}"))?;
+        return Ok((t.uuid, t.secret, Some(t.algorithm)));
+    }
+    let uuid = args.uuid.clone().ok_or("give --uuid with --secret-env or --secret-file (or --config with --tenant)")?;
+    let secret = match (&args.secret_env, &args.secret_file) {
+        (Some(var), None) => {
+            let value = std::env::var_os(var).ok_or(format!("environment variable {var} is not set"))?;
+            Secret::new(value.into_encoded_bytes())
+        }
+        // The config loader's own reader: same guards, same newline rule, same key.
+        (None, Some(f)) => secret::read_secret_file(f).map_err(|e| format!("--secret-file: {e}"))?,
+        _ => return Err("give exactly one of --secret-env / --secret-file".into()),
+    };
+    if secret.is_empty() {
+        return Err("the secret is empty".into());
+    }
+    Ok((uuid, secret, None))
+}

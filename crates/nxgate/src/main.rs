@@ -1,0 +1,29 @@
+use clap::Parser;
+use std::process::ExitCode;
+
+use nxgate::cli::args::{Cli, Command};
+use nxgate::cli::{commands, demo};
+use nxgate::runtime::logging;
+use nxgate::runtime::server::StartMode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Demo => "error",
+        _ => "info",
+    };
+    logging::init(cli.log_format, default_filter);
+    match &cli.command {
+        Command::Run { config, upgrade, upgrade_sock, ready_file } => {
+            let mode =
+                StartMode { upgrade: *upgrade, upgrade_sock: upgrade_sock.clone(), ready_file: ready_file.clone() };
+            commands::run(config, &mode)
+        }
+        Command::Check { config } => commands::check(config),
+        Command::Ping { config, tenant } => commands::ping(config, tenant.as_deref()),
+        Command::Healthcheck { url } => commands::healthcheck(url),
+        Command::Sign(args) => commands::sign(args),
+        Command::Emulator(args) => nxgate_emulator::cli::run(args),
+        Command::Demo => demo::run(),
+    }
+}

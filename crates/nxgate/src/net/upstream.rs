@@ -1,0 +1,381 @@
+//! The upstream exchange, done by hand with Pingora's HTTP connector and connection pool.
+//!
+//! Pingora's proxy loop streams: it sends the request header before the body is read and
+//! the response header before the response body arrives. nxgate must sign a fully
+//! buffered body and must hold the whole response until it verifies, so it drives the
+//! exchange itself: pooled keep-alive session, one request written with a
+//! `Content-Length`, the whole response read under a byte cap, and the session returned
+//! to the pool only after a complete, successful exchange (anything else drops it, which
+//! closes the connection, so a half-read response can never be handed to the next
+//! request).
+//!
+//! Two Pingora facts shape this file (see `docs/pingora.md` §4-5): the connector
+//! copies no timeouts from the peer, so they are set on every session; and `HttpPeer::new`
+//! resolves names with a blocking call, so names are resolved here with tokio and the
+//! peer is built from a `SocketAddr`. A configured `ca_file` must be *added* to the system
+//! roots, but Pingora's `ConnectorOptions.ca_file` replaces them; so the peer carries the
+//! union as its CA list instead.
+
+use arc_swap::ArcSwapOption;
+use bytes::{Bytes, BytesMut};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::utils::tls::WrappedX509;
+use pingora::{Error, ErrorType};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nxgate_core::config::UpstreamConfig;
+use nxgate_core::errors::GatewayError;
+
+/// How long an idle pooled upstream connection is kept: below the 60 s idle timeout
+/// common to HTTP servers, so we close first and rarely race a server-side close.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+
+/// How long a resolved upstream address is reused before the name is looked up again.
+pub const DNS_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Refused, reset, DNS or TLS failure: no response was received.
+    #[error("{0}")]
+    Unreachable(String),
+    /// A configured timeout expired.
+    #[error("{0}")]
+    Timeout(String),
+    /// The response body is over the limit.
+    #[error("response body exceeds {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Truncated or not HTTP.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl From<UpstreamError> for GatewayError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Unreachable(m) => GatewayError::UpstreamUnreachable(m),
+            UpstreamError::Timeout(m) => GatewayError::UpstreamTimeout(m),
+            UpstreamError::TooLarge { limit } => GatewayError::UpstreamResponseTooLarge { limit },
+            UpstreamError::Malformed(m) => GatewayError::BadUpstreamResponse(m),
+        }
+    }
+}
+
+/// A complete upstream response.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    /// Status and headers.
+    pub header: ResponseHeader,
+    /// The whole body, exactly as received (de-chunked).
+    pub body: Bytes,
+}
+
+/// Which step of the exchange an error happened in; decides its class and whether a
+/// retry on a fresh connection is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Send,
+    ResponseHeader,
+    ResponseBody,
+}
+
+struct Failure {
+    phase: Phase,
+    error: UpstreamError,
+}
+
+fn classify(phase: Phase, e: &Error) -> UpstreamError {
+    use ErrorType::*;
+    let what = match phase {
+        Phase::Send => "sending the request",
+        Phase::ResponseHeader => "reading the response header",
+        Phase::ResponseBody => "reading the response body",
+    };
+    let msg = format!("{what}: {}", e.etype().as_str());
+    match e.etype() {
+        ConnectTimedout | TLSHandshakeTimedout => UpstreamError::Timeout(format!("connect: {}", e.etype().as_str())),
+        ReadTimedout | WriteTimedout => UpstreamError::Timeout(msg),
+        InvalidHTTPHeader | H1Error => UpstreamError::Malformed(msg),
+        _ if phase == Phase::ResponseBody => UpstreamError::Malformed(format!("truncated response ({msg})")),
+        _ => UpstreamError::Unreachable(msg),
+    }
+}
+
+fn connect_error(e: &Error) -> UpstreamError {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | TLSHandshakeTimedout => UpstreamError::Timeout(format!("connect: {}", e.etype().as_str())),
+        _ => UpstreamError::Unreachable(format!("connect: {}", e.etype().as_str())),
+    }
+}
+
+/// The upstream of one config generation: its connection pool, trust roots and timeouts.
+pub struct Upstream {
+    cfg: UpstreamConfig,
+    connector: Connector,
+    /// System roots plus `ca_file`, when a `ca_file` is configured.
+    ca: Option<Arc<[WrappedX509]>>,
+    /// The last resolved peer and when it was resolved.
+    peer: ArcSwapOption<(Instant, HttpPeer)>,
+}
+
+impl Upstream {
+    /// Builds the connector (and trust roots) for `cfg`.
+    pub fn new(cfg: UpstreamConfig) -> Self {
+        let ca = (!cfg.extra_roots.is_empty()).then(|| trust_roots(&cfg.extra_roots));
+        Upstream { cfg, connector: Connector::new(None), ca, peer: ArcSwapOption::empty() }
+    }
+
+    /// The `Host` header value for upstream requests.
+    pub fn authority(&self) -> &str {
+        &self.cfg.authority
+    }
+
+    /// Sends one request and reads the whole response, all within `total_timeout`.
+    ///
+    /// `header` is called once per attempt and must return every header to send, including
+    /// `Content-Length`, the same each time. The session consumes the header it writes, so
+    /// the common single attempt builds one and copies none; only a retry builds a second.
+    pub async fn send(
+        &self,
+        header: impl FnMut() -> RequestHeader,
+        body: &Bytes,
+        max_body: usize,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let total = self.cfg.total_timeout;
+        match tokio::time::timeout(total, self.send_with_retry(header, body, max_body)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout(format!("no complete response within {} ms", total.as_millis()))),
+        }
+    }
+
+    async fn send_with_retry(
+        &self,
+        mut header: impl FnMut() -> RequestHeader,
+        body: &Bytes,
+        max_body: usize,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let cached = self.peer().await?;
+        let peer = &cached.1;
+        let mut retried = false;
+        loop {
+            let (mut session, reused) = self.connector.get_http_session(peer).await.map_err(|e| connect_error(&e))?;
+            session.set_read_timeout(Some(self.cfg.read_timeout));
+            session.set_write_timeout(Some(self.cfg.read_timeout));
+            match exchange(&mut session, header(), body, max_body).await {
+                Ok(response) => {
+                    self.connector.release_http_session(session, peer, peer.idle_timeout()).await;
+                    return Ok(response);
+                }
+                // A pooled connection the server closed while idle fails before any response
+                // byte. Like Pingora's own proxy, retry such a failure once on a fresh
+                // connection; the same signed request (same requestID) is sent again.
+                Err(f)
+                    if reused
+                        && !retried
+                        && f.phase != Phase::ResponseBody
+                        && matches!(f.error, UpstreamError::Unreachable(_)) =>
+                {
+                    retried = true;
+                    tracing::debug!(error = %f.error, "pooled upstream connection failed; retrying on a new one");
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+    }
+
+    /// The peer for the current upstream address, resolving the name at most every
+    /// `DNS_CACHE_TTL`. Shared rather than cloned: a request only borrows it.
+    async fn peer(&self) -> Result<Arc<(Instant, HttpPeer)>, UpstreamError> {
+        if let Some(cached) = self.peer.load_full() {
+            if cached.0.elapsed() < DNS_CACHE_TTL {
+                return Ok(cached);
+            }
+        }
+        let addr = match self.cfg.host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, self.cfg.port),
+            Err(_) => tokio::net::lookup_host((self.cfg.host.as_str(), self.cfg.port))
+                .await
+                .map_err(|e| UpstreamError::Unreachable(format!("resolving {}: {e}", self.cfg.host)))?
+                .next()
+                .ok_or_else(|| UpstreamError::Unreachable(format!("{} has no address", self.cfg.host)))?,
+        };
+        let mut peer = HttpPeer::new(addr, self.cfg.tls, self.cfg.host.clone());
+        peer.options.connection_timeout = Some(self.cfg.connect_timeout);
+        peer.options.total_connection_timeout = Some(self.cfg.connect_timeout);
+        peer.options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
+        peer.options.read_timeout = Some(self.cfg.read_timeout);
+        peer.options.write_timeout = Some(self.cfg.read_timeout);
+        peer.options.ca = self.ca.clone();
+        let resolved = Arc::new((Instant::now(), peer));
+        self.peer.store(Some(resolved.clone()));
+        Ok(resolved)
+    }
+}
+
+/// One request/response on an established session.
+async fn exchange(
+    s: &mut HttpSession,
+    header: RequestHeader,
+    body: &Bytes,
+    max_body: usize,
+) -> Result<UpstreamResponse, Failure> {
+    let fail = |phase| move |e: Box<Error>| Failure { phase, error: classify(phase, &e) };
+    let head = header.method == http::Method::HEAD;
+    s.write_request_header(Box::new(header)).await.map_err(fail(Phase::Send))?;
+    if !body.is_empty() {
+        s.write_request_body(body.clone(), true).await.map_err(fail(Phase::Send))?;
+    }
+    s.finish_request_body().await.map_err(fail(Phase::Send))?;
+
+    // Interim 1xx answers are skipped; the final header follows on the same stream.
+    let header = loop {
+        s.read_response_header().await.map_err(fail(Phase::ResponseHeader))?;
+        let h = s.response_header().expect("a header was just read");
+        if h.status.is_informational() {
+            if h.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Failure {
+                    phase: Phase::ResponseHeader,
+                    error: UpstreamError::Malformed("unexpected 101 Switching Protocols".into()),
+                });
+            }
+            continue;
+        }
+        break h.clone();
+    };
+
+    // Refuse a declared oversize body before reading any of it.
+    let declared = header
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !head && declared.is_some_and(|n| n > max_body as u64) {
+        return Err(Failure { phase: Phase::ResponseBody, error: UpstreamError::TooLarge { limit: max_body } });
+    }
+
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = s.read_response_body().await.map_err(fail(Phase::ResponseBody))? {
+        if buf.len() + chunk.len() > max_body {
+            return Err(Failure { phase: Phase::ResponseBody, error: UpstreamError::TooLarge { limit: max_body } });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    // HEAD, 204 and 304 answers declare a length they do not send.
+    let bodiless = head || matches!(header.status.as_u16(), 204 | 304);
+    if !bodiless && declared.is_some_and(|n| n != buf.len() as u64) {
+        return Err(Failure {
+            phase: Phase::ResponseBody,
+            error: UpstreamError::Malformed(format!(
+                "truncated response: Content-Length {} but {} bytes arrived",
+                declared.unwrap_or_default(),
+                buf.len()
+            )),
+        });
+    }
+    Ok(UpstreamResponse { header, body: buf.freeze() })
+}
+
+/// The platform's trust roots plus `extra` (all DER), in the form Pingora's peer takes.
+fn trust_roots(extra: &[Vec<u8>]) -> Arc<[WrappedX509]> {
+    let native = pingora::tls::load_native_certs().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot load the system trust roots; only upstream.ca_file is trusted");
+        Vec::new()
+    });
+    native
+        .into_iter()
+        .map(|c| c.as_ref().to_vec())
+        .chain(extra.iter().cloned())
+        // Pingora's parser panics on DER it cannot read; drop such platform roots instead.
+        .filter(|der| x509_parser::parse_x509_certificate(der).is_ok())
+        .map(|der| WrappedX509::new(der, pingora::utils::tls::parse_x509))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A server that answers the first request on each connection and, when a second one
+    /// arrives on it, closes the connection unanswered: what a pooled connection whose
+    /// server timed it out looks like to the client.
+    fn one_answer_per_connection() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    for answer in [true, false] {
+                        let mut req = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        // Header, then the 2-byte body every test request carries.
+                        while req.windows(4).position(|w| w == b"\r\n\r\n").is_none_or(|i| req.len() < i + 4 + 2) {
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => req.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        if answer {
+                            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    fn upstream(addr: SocketAddr) -> Upstream {
+        Upstream::new(UpstreamConfig {
+            tls: false,
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            authority: addr.to_string(),
+            extra_roots: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(2),
+            total_timeout: Duration::from_secs(5),
+        })
+    }
+
+    #[tokio::test]
+    async fn one_attempt_builds_one_header_and_a_retry_builds_a_second() {
+        let (addr, connections) = one_answer_per_connection();
+        let up = upstream(addr);
+        let built = AtomicUsize::new(0);
+        let header = || {
+            built.fetch_add(1, Ordering::SeqCst);
+            let mut h = RequestHeader::build("POST", b"/x", None).unwrap();
+            h.insert_header(http::header::HOST, up.authority()).unwrap();
+            h.insert_header(http::header::CONTENT_LENGTH, "2").unwrap();
+            h
+        };
+        let body = Bytes::from_static(b"hi");
+
+        let first = up.send(header, &body, 1024).await.expect("first exchange");
+        assert_eq!((first.header.status.as_u16(), &first.body[..]), (200, &b"ok"[..]));
+        assert_eq!(built.load(Ordering::SeqCst), 1);
+
+        // The pooled connection is reused, fails before any response byte, and the same
+        // request is sent again on a new connection.
+        let second = up.send(header, &body, 1024).await.expect("retried exchange");
+        assert_eq!((second.header.status.as_u16(), &second.body[..]), (200, &b"ok"[..]));
+        assert_eq!(built.load(Ordering::SeqCst), 3);
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+}

@@ -1,0 +1,434 @@
+//! The request path, top to bottom in the order a request travels:
+//! authenticate → route → frame → admit (concurrency, rate) → read body → sign → forward →
+//! read response → verify → respond.
+//!
+//! Everything happens inside Pingora's `request_filter`, which then returns `Ok(true)`
+//! ("response already sent"). Pingora's own upstream phases never run: they would send
+//! the request header before the body is signed and the response header before the body
+//! is verified (`docs/pingora.md` §1-3). Pingora still owns the listeners,
+//! HTTP parsing, downstream keep-alive and graceful shutdown.
+//!
+//! Each step returns `Result<_, GatewayError>`; the only place a `GatewayError` becomes
+//! bytes on the wire is `error_reply`, through `errors::ErrorResponse` (whose header set
+//! the header-deadline answer in `net::downstream` shares).
+
+pub mod exchange;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::net::upstream::UpstreamResponse;
+use crate::ratelimit::{self, InFlightSlot, RateDecision, RateState};
+use crate::runtime::generation::{Generation, Live};
+use crate::runtime::lifecycle::{InFlight, Lifecycle};
+use crate::runtime::metrics::{Metrics, NO_TENANT};
+use exchange::{ExchangeReport, Outbound};
+use nxgate_core::clock::now_unix_ms;
+use nxgate_core::config::Tenant;
+use nxgate_core::errors::{ErrorResponse, ErrorSource, GatewayError, UpstreamFailure};
+use nxgate_core::headers::{self, REQUEST_ID_HEADER};
+use nxgate_core::routes;
+use nxgate_core::signing;
+
+/// Idle time allowed between requests on a caller's keep-alive connection, and per read
+/// of the next request header (Pingora's HTTP/1.1 default would be to wait forever).
+pub const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
+
+/// Time allowed to receive a whole request body, so a slow sender cannot hold a
+/// buffer and a task forever.
+pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-request state, read by the access log.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The `requestID` sent upstream; also `reqId` of gateway errors and `x-request-id`.
+    pub request_id: String,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Chosen tenant's name, once authenticated.
+    pub tenant: Option<String>,
+    /// Status sent to the caller.
+    pub status: u16,
+    /// Upstream status, timing and verification.
+    pub exchange: ExchangeReport,
+    /// Request body bytes read from the caller.
+    pub bytes_in: usize,
+    /// Body bytes written to the caller.
+    pub bytes_out: usize,
+    /// Gateway error kind, if the gateway answered with an error.
+    pub error_kind: Option<&'static str>,
+    /// How the upstream exchange failed, if that is why the request failed.
+    pub upstream_failure: Option<UpstreamFailure>,
+    /// Counts this request in flight (process-wide, for draining) until dropped, which
+    /// Pingora does after the response is flushed.
+    _in_flight: InFlight,
+    /// Counts this request in its tenant's `nxgate_in_flight` gauge until dropped.
+    tenant_gauge: Option<GaugeGuard>,
+    /// Holds one of the tenant's `max_in_flight` slots until dropped.
+    tenant_slot: Option<InFlightSlot>,
+    /// The tenant's rate-limit state, for the `RateLimit*` headers.
+    rate_state: Option<RateState>,
+}
+
+/// Decrements a gauge when dropped.
+struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl std::fmt::Debug for GaugeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GaugeGuard")
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
+}
+
+/// The Pingora application: nxgate's request path.
+pub struct NxGate {
+    live: Live,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl NxGate {
+    /// Serves requests with whatever generation `live` holds at each request's start.
+    pub fn new(live: Live, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Self {
+        NxGate { live, metrics, lifecycle }
+    }
+
+    /// Counts the finished request in every metric it touches.
+    fn record(&self, ctx: &RequestCtx) {
+        let m = &self.metrics;
+        let tenant = ctx.tenant.as_deref().unwrap_or(NO_TENANT);
+        let status = ctx.status.to_string();
+        m.requests.with_label_values(&[tenant, &status, ctx.error_kind.unwrap_or("ok")]).inc();
+        m.request_duration.with_label_values(&[tenant]).observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(t) = ctx.exchange.upstream_time {
+            m.upstream_duration.with_label_values(&[tenant]).observe(t.as_secs_f64());
+        }
+        if let Some(reason) = ctx.exchange.verify.failure_reason() {
+            m.verify_failures.with_label_values(&[tenant, reason]).inc();
+        }
+        if let Some(failure) = ctx.upstream_failure {
+            m.upstream_errors.with_label_values(&[failure.label()]).inc();
+        }
+    }
+}
+
+/// A response ready to send to the caller.
+struct Reply {
+    header: ResponseHeader,
+    body: Bytes,
+}
+
+#[async_trait]
+impl ProxyHttp for NxGate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: signing::new_request_id(),
+            started: Instant::now(),
+            tenant: None,
+            status: 0,
+            exchange: ExchangeReport::default(),
+            bytes_in: 0,
+            bytes_out: 0,
+            error_kind: None,
+            upstream_failure: None,
+            _in_flight: self.lifecycle.request_started(),
+            tenant_gauge: None,
+            tenant_slot: None,
+            rate_state: None,
+        }
+    }
+
+    /// Runs the whole exchange and writes the caller's response itself.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        // One snapshot for the whole request: a reload mid-request changes nothing here.
+        let generation = self.live.load_full();
+        // Pingora has already applied the caller's wishes (HTTP/1.0, `Connection: close`);
+        // only bound the idle time of a connection that stays open.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+        }
+        let result = handle(&generation, &self.metrics, session, ctx).await;
+        let mut reply = match result {
+            Ok(reply) => reply,
+            Err(e) => {
+                // After a framing or body error the request's end is unknown: whatever the
+                // caller sends next cannot be trusted to start a new request, so close.
+                if matches!(e, GatewayError::BadRequest(_) | GatewayError::BodyTooLarge { .. }) {
+                    session.set_keepalive(None);
+                }
+                error_reply(&e, ctx)
+            }
+        };
+        if let Some(state) = &ctx.rate_state {
+            let h = &mut reply.header;
+            h.insert_header("RateLimit-Policy", ratelimit::policy_header(&state.limit)).expect("ascii");
+            h.insert_header("RateLimit", ratelimit::state_header(state)).expect("ascii");
+        }
+        ctx.status = reply.header.status.as_u16();
+        let head_request = session.req_header().method == http::Method::HEAD;
+        let body_len = reply.body.len();
+        if let Err(e) = write_reply(session, reply, head_request).await {
+            tracing::debug!(request_id = %ctx.request_id, error = %e, "caller went away before the response was written");
+        } else if !head_request {
+            ctx.bytes_out = body_len;
+        }
+        Ok(true)
+    }
+
+    /// Never reached: `request_filter` always answers. Refuse rather than proxy blindly.
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+        pingora::Error::e_explain(pingora::ErrorType::InternalError, "nxgate answers every request in request_filter")
+    }
+
+    /// One access-log event per request. No secret, client key, query string or body.
+    async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        let req = session.req_header();
+        tracing::info!(
+            target: crate::runtime::logging::ACCESS_TARGET,
+            tenant = ctx.tenant.as_deref().unwrap_or("-"),
+            request_id = %ctx.request_id,
+            method = %req.method,
+            path = req.uri.path(),
+            status = ctx.status,
+            upstream_status = ctx.exchange.upstream_status,
+            duration_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+            upstream_ms = ctx.exchange.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+            bytes_in = ctx.bytes_in,
+            bytes_out = ctx.bytes_out,
+            verify = ctx.exchange.verify.as_str(),
+            verify_failure = ctx.exchange.verify.failure_reason(),
+            error_kind = ctx.error_kind,
+            pingora_error = e.map(|e| e.etype().as_str()),
+            "request"
+        );
+        self.record(ctx);
+    }
+}
+
+/// The request path proper. Each step may refuse the request with a `GatewayError`.
+async fn handle(
+    g: &Generation,
+    metrics: &Metrics,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Reply, GatewayError> {
+    let tenant = authenticate(g, session)?;
+    ctx.tenant = Some(tenant.name.clone());
+    ctx.tenant_gauge = Some(GaugeGuard::new(metrics.in_flight.with_label_values(&[&tenant.name])));
+    let target = route(g, session.req_header())?;
+    let declared = check_framing(g, session)?;
+    if let Err(refused) = admit(g, &tenant, ctx).await {
+        // A limited caller retries: read its body (bounded as always) so its keep-alive
+        // connection survives the 429 instead of being closed with an unread body.
+        if !expects_continue(session) {
+            let _ = read_body(g, session, declared).await;
+        }
+        return Err(refused);
+    }
+    let body = read_body(g, session, declared).await?;
+    ctx.bytes_in = body.len();
+
+    let req = session.req_header();
+    let out = Outbound { method: &req.method, target: &target, headers: &req.headers };
+    let response =
+        exchange::signed_exchange(g, &tenant, &ctx.request_id, out, &body, g.config.verify_mode, &mut ctx.exchange)
+            .await?;
+    Ok(caller_reply(response, &ctx.request_id))
+}
+
+/// Step 1: the tenant this caller is entitled to.
+fn authenticate(g: &Generation, session: &Session) -> Result<Arc<Tenant>, GatewayError> {
+    let auth = session.req_header().headers.get_all(http::header::AUTHORIZATION);
+    g.tenants.select(auth.iter().map(|v| v.as_bytes())).cloned()
+}
+
+/// Step 2: the path and query to send upstream, if the path is allowed.
+fn route(g: &Generation, req: &RequestHeader) -> Result<String, GatewayError> {
+    let target = req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    // Check exactly what is forwarded: a target Pingora could not keep verbatim in the URI
+    // is refused rather than checked in one spelling and sent in another.
+    if req.raw_path() != target.as_bytes() && req.uri.scheme().is_none() {
+        return Err(GatewayError::BadRequest("request target is not a plain origin-form path".into()));
+    }
+    if !routes::is_allowed(req.uri.path(), &g.config.allow_prefixes) {
+        return Err(GatewayError::RouteNotAllowed);
+    }
+    Ok(target.to_owned())
+}
+
+/// Step 3: refuse ambiguous framing and oversized declared bodies before reading a byte.
+/// Returns the declared Content-Length, if any.
+fn check_framing(g: &Generation, session: &Session) -> Result<Option<usize>, GatewayError> {
+    let req = session.req_header();
+    let limit = g.config.max_request_body_bytes;
+    // Pingora deletes Content-Length when Transfer-Encoding is present (and then reads the
+    // body as chunked); a request carrying both is a smuggling attempt, so look at the raw
+    // header bytes, where the deleted line still is.
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) && session.as_downstream().as_http1().is_some() {
+        let raw = session.as_downstream().to_h1_raw();
+        let has_cl = raw
+            .split(|&b| b == b'\n')
+            .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"));
+        if has_cl {
+            return Err(GatewayError::BadRequest("both Content-Length and Transfer-Encoding".into()));
+        }
+    }
+    let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let Some(value) = lengths.next() else { return Ok(None) };
+    if lengths.next().is_some() {
+        return Err(GatewayError::BadRequest("more than one Content-Length header".into()));
+    }
+    let text = value.to_str().unwrap_or("");
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(GatewayError::BadRequest("Content-Length is not a number".into()));
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n <= limit as u64 => Ok(Some(n as usize)),
+        _ => Err(GatewayError::BodyTooLarge { limit }),
+    }
+}
+
+/// Step 4: the tenant's concurrency cap, then its rate limit. A refused request is never
+/// read, signed or forwarded, and costs no other tenant anything.
+async fn admit(g: &Generation, tenant: &Tenant, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let admission = &g.admission;
+    let Some(slot) = admission.try_enter(&tenant.name) else {
+        admission.count_refusal(&tenant.name, "in_flight");
+        return Err(GatewayError::Overloaded { limit: tenant.max_in_flight.unwrap_or(0) });
+    };
+    ctx.tenant_slot = Some(slot);
+    match admission.check_rate(&tenant.name).await {
+        RateDecision::Allowed(state) => {
+            ctx.rate_state = state;
+            Ok(())
+        }
+        RateDecision::Limited { retry_after, state } => {
+            ctx.rate_state = Some(state);
+            admission.count_refusal(&tenant.name, "rate");
+            Err(GatewayError::RateLimited { retry_after_secs: ratelimit::ceil_secs(retry_after).max(1) })
+        }
+    }
+}
+
+/// Step 5: the whole body, Content-Length or chunked, up to the limit.
+async fn read_body(g: &Generation, session: &mut Session, declared: Option<usize>) -> Result<Bytes, GatewayError> {
+    let limit = g.config.max_request_body_bytes;
+    let expects_continue = expects_continue(session);
+    if expects_continue {
+        // Answer 100 only now that the caller is authenticated, routed and within limits.
+        // Pingora would close the connection after a 100 sent before the body is read
+        // unless told the body will be read in full (`docs/pingora.md` §6).
+        session.as_downstream_mut().set_close_on_response_before_downstream_finish(false);
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await
+            .map_err(|e| GatewayError::BadRequest(format!("cannot send 100 Continue: {}", e.etype().as_str())))?;
+    }
+    let read = async {
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| GatewayError::BadRequest(format!("reading request body: {}", e.etype().as_str())))?
+        {
+            if buf.len() + chunk.len() > limit {
+                return Err(GatewayError::BodyTooLarge { limit });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    let result = tokio::time::timeout(REQUEST_BODY_TIMEOUT, read).await.unwrap_or_else(|_| {
+        Err(GatewayError::BadRequest(format!("request body not received within {} s", REQUEST_BODY_TIMEOUT.as_secs())))
+    });
+    if expects_continue {
+        session.as_downstream_mut().set_close_on_response_before_downstream_finish(true);
+    }
+    result
+}
+
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Step 6: the verified upstream response, reframed for the caller.
+fn caller_reply(response: UpstreamResponse, request_id: &str) -> Reply {
+    let header = caller_response_header(response.header, request_id, response.body.len());
+    Reply { header, body: response.body }
+}
+
+/// The upstream's response header as the caller gets it: hop-by-hop and framing headers
+/// removed, Content-Length and x-request-id set. Public for the request-path bench.
+pub fn caller_response_header(mut h: ResponseHeader, request_id: &str, body_len: usize) -> ResponseHeader {
+    for name in headers::unforwardable_response_headers(&h.headers) {
+        h.remove_header(&name);
+    }
+    finish_header(&mut h, request_id, body_len);
+    h
+}
+
+/// The one place a `GatewayError` is turned into a response.
+fn error_reply(e: &GatewayError, ctx: &mut RequestCtx) -> Reply {
+    ctx.error_kind = Some(e.kind());
+    ctx.upstream_failure = e.upstream_failure();
+    let tenant = ctx.tenant.as_deref().unwrap_or(NO_TENANT);
+    match e.source() {
+        ErrorSource::Caller => {
+            tracing::debug!(request_id = %ctx.request_id, kind = e.kind(), error = %e, "request refused")
+        }
+        ErrorSource::Upstream | ErrorSource::Internal => {
+            tracing::warn!(request_id = %ctx.request_id, tenant, kind = e.kind(), error = %e, "gateway error")
+        }
+    }
+    let rendered = ErrorResponse::new(e, &ctx.request_id, now_unix_ms());
+    let headers = rendered.headers();
+    let mut h = ResponseHeader::build(rendered.status, Some(headers.len())).expect("contract statuses are valid");
+    for (name, value) in headers {
+        h.insert_header(name, value).expect("the error header set is valid");
+    }
+    Reply { header: h, body: rendered.body }
+}
+
+fn finish_header(h: &mut ResponseHeader, request_id: &str, body_len: usize) {
+    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).expect("number is a valid header");
+    h.insert_header(REQUEST_ID_HEADER, request_id).expect("hex id is a valid header");
+}
+
+async fn write_reply(session: &mut Session, reply: Reply, head_request: bool) -> pingora::Result<()> {
+    if head_request || reply.body.is_empty() {
+        session.write_response_header(Box::new(reply.header), true).await
+    } else {
+        session.write_response_header(Box::new(reply.header), false).await?;
+        session.write_response_body(Some(reply.body), true).await
+    }
+}

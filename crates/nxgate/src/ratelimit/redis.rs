@@ -1,0 +1,182 @@
+//! Fleet-wide GCRA in Redis: one atomic script call per request.
+//!
+//! The script keeps one value per tenant, its theoretical arrival time (TAT, in
+//! microseconds of Redis's own clock, so replicas with skewed clocks still agree), and
+//! admits a request when the new TAT stays within the burst tolerance. It is sent once
+//! and then called by hash (`EVALSHA`, the `redis` crate's `Script`).
+//!
+//! Redis trouble must never hang a request: every call has `REDIS_TIMEOUT`, there is no
+//! connect on the request path (a background task connects and the connection manager
+//! reconnects), and after a failure Redis is not asked again for `RECONNECT_PAUSE` (a
+//! small circuit breaker), so an outage costs requests nothing but the policy. An outage
+//! is logged once when it starts and once when it ends.
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+use super::{RateDecision, RateState};
+use crate::runtime::metrics::Metrics;
+use nxgate_core::config::RateLimit;
+use nxgate_core::secret::Secret;
+
+/// Budget for one Redis call; over it, `on_redis_error` decides.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Pause between connection attempts while Redis is unreachable.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// GCRA step. KEYS[1]: tenant key. ARGV[1]: emission interval T (µs). ARGV[2]: burst.
+/// Returns {admitted (0/1), retry_after_us, remaining, reset_us}.
+const GCRA: &str = r#"
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local tolerance = interval * burst
+local new_tat = tat + interval
+local allow_at = new_tat - tolerance
+if allow_at > now then
+  return {0, allow_at - now, 0, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(tolerance / 1000) + 1000)
+return {1, 0, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now}
+"#;
+
+/// Redis did not answer in time (or is not connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendUnavailable;
+
+/// The Redis backend of one `redis_url`.
+pub struct RedisGcra {
+    url: Secret,
+    script: redis::Script,
+    connection: ArcSwapOption<ConnectionManager>,
+    connecting: AtomicBool,
+    connected: Notify,
+    outage: AtomicBool,
+    /// While `now_ms() < retry_at_ms`, skip Redis and apply the policy at once.
+    retry_at_ms: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Milliseconds on a process-local monotonic clock.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl RedisGcra {
+    /// A backend for `url`; connects lazily, in the background.
+    pub fn new(url: Secret, metrics: Option<Arc<Metrics>>) -> Self {
+        RedisGcra {
+            url,
+            script: redis::Script::new(GCRA),
+            connection: ArcSwapOption::empty(),
+            connecting: AtomicBool::new(false),
+            connected: Notify::new(),
+            outage: AtomicBool::new(false),
+            retry_at_ms: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// The URL this backend talks to (it may hold a password: never log it).
+    pub fn url(&self) -> &Secret {
+        &self.url
+    }
+
+    /// One GCRA step for `key`; `Err` when Redis did not answer in time.
+    pub async fn check(self: &Arc<Self>, key: &str, limit: RateLimit) -> Result<RateDecision, BackendUnavailable> {
+        if now_ms() < self.retry_at_ms.load(Ordering::Acquire) {
+            return Err(BackendUnavailable);
+        }
+        let conn = match self.connection.load_full() {
+            Some(conn) => conn,
+            None => {
+                // Not connected yet (first requests after start, or Redis down since
+                // start): give the background connect this request's budget, no more.
+                self.connect_in_background();
+                let _ = tokio::time::timeout(REDIS_TIMEOUT, self.connected.notified()).await;
+                self.connection.load_full().ok_or_else(|| self.failed("not connected"))?
+            }
+        };
+        let mut conn = ConnectionManager::clone(&conn);
+        let interval_us = 1_000_000u64 / u64::from(limit.per_second);
+        let mut invocation = self.script.key(key);
+        invocation.arg(interval_us.max(1)).arg(limit.burst);
+        let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn);
+        match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok((admitted, retry_us, remaining, reset_us))) => {
+                self.recovered();
+                let micros = |v: i64| Duration::from_micros(v.max(0) as u64);
+                let state = RateState { limit, remaining: remaining.max(0) as u32, reset: micros(reset_us) };
+                Ok(if admitted == 1 {
+                    RateDecision::Allowed(Some(state))
+                } else {
+                    RateDecision::Limited { retry_after: micros(retry_us), state }
+                })
+            }
+            Ok(Err(e)) => Err(self.failed(e.category())),
+            Err(_) => Err(self.failed("timed out")),
+        }
+    }
+
+    fn failed(&self, why: &str) -> BackendUnavailable {
+        self.retry_at_ms.store(now_ms() + RECONNECT_PAUSE.as_millis() as u64, Ordering::Release);
+        if let Some(m) = &self.metrics {
+            m.backend_errors.inc();
+        }
+        if !self.outage.swap(true, Ordering::AcqRel) {
+            tracing::warn!(why, "rate-limit backend (Redis) unavailable; applying on_redis_error until it is back");
+        }
+        BackendUnavailable
+    }
+
+    fn recovered(&self) {
+        if self.outage.swap(false, Ordering::AcqRel) {
+            tracing::info!("rate-limit backend (Redis) is back");
+        }
+    }
+
+    /// Starts one connect loop on the current runtime, unless one is running.
+    fn connect_in_background(self: &Arc<Self>) {
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match me.connect().await {
+                    Ok(conn) => {
+                        me.connection.store(Some(Arc::new(conn)));
+                        me.connected.notify_waiters();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e.category(), "Redis connect failed; retrying");
+                        tokio::time::sleep(RECONNECT_PAUSE).await;
+                    }
+                }
+            }
+            me.connecting.store(false, Ordering::Release);
+        });
+    }
+
+    async fn connect(&self) -> redis::RedisResult<ConnectionManager> {
+        let url = std::str::from_utf8(self.url.expose())
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "redis_url is not UTF-8")))?;
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT * 5))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(RECONNECT_PAUSE);
+        ConnectionManager::new_with_config(client, config).await
+    }
+}

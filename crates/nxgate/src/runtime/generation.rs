@@ -1,0 +1,51 @@
+//! A config generation: the validated config plus everything built from it once
+//! (tenant index, upstream connector and pool).
+//!
+//! The proxy reads the current generation through an `ArcSwap`: a request takes one
+//! snapshot when it starts and keeps it to the end, so a reload never changes the rules
+//! under a request in flight, and the request path takes no lock.
+
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+use crate::net::upstream::Upstream;
+use crate::ratelimit::Admission;
+use crate::runtime::metrics::Metrics;
+use nxgate_core::config::GatewayConfig;
+use nxgate_core::tenants::TenantDirectory;
+
+/// Everything one config generation needs at request time.
+pub struct Generation {
+    /// The validated config.
+    pub config: GatewayConfig,
+    /// Tenants indexed by client key.
+    pub tenants: TenantDirectory,
+    /// Upstream connector, pool and trust roots.
+    pub upstream: Upstream,
+    /// Per-tenant rate limits and concurrency caps.
+    pub admission: Admission,
+}
+
+impl Generation {
+    /// Builds the request-time state for a validated config.
+    pub fn new(config: GatewayConfig) -> Self {
+        Self::next(config, None, None)
+    }
+
+    /// Builds the generation that follows `previous` (on reload), carrying over the state
+    /// that must survive a reload.
+    pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Option<Arc<Metrics>>) -> Self {
+        let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
+        let upstream = Upstream::new(config.upstream.clone());
+        let admission = Admission::new(&config, previous.map(|p| &p.admission), metrics);
+        Generation { config, tenants, upstream, admission }
+    }
+}
+
+/// The generation requests use now; replaced whole on reload.
+pub type Live = Arc<ArcSwap<Generation>>;
+
+/// A `Live` handle holding `config`, counting into `metrics`.
+pub fn live(config: GatewayConfig, metrics: Arc<Metrics>) -> Live {
+    Arc::new(ArcSwap::from_pointee(Generation::next(config, None, Some(metrics))))
+}

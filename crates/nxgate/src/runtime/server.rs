@@ -1,0 +1,139 @@
+//! Process wiring: Pingora's server with the proxy, admin and housekeeping services.
+
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::net::downstream::HeaderDeadline;
+use crate::pipeline::{NxGate, DOWNSTREAM_KEEPALIVE_SECS};
+use crate::runtime::admin::{AdminApp, Housekeeping};
+use crate::runtime::bind::Bound;
+use crate::runtime::generation;
+use crate::runtime::lifecycle::{Lifecycle, Signals};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::reload::Reloader;
+use nxgate_core::config::GatewayConfig;
+
+/// Seconds each runtime gets to finish its tasks once the grace period is over.
+pub const RUNTIME_SHUTDOWN_SECS: u64 = 5;
+
+/// Per-connection write buffer on the proxy listeners.
+const DOWNSTREAM_WRITE_BUFFER: usize = 16 * 1024;
+
+/// How a process starts: fresh, or taking over the listening sockets of a running one.
+#[derive(Debug, Clone, Default)]
+pub struct StartMode {
+    /// Take the listeners from the process listening on `upgrade_sock` (Pingora's
+    /// graceful upgrade: start the new process with this set, then SIGQUIT the old one).
+    pub upgrade: bool,
+    /// The socket the listeners are handed over on; see [`default_upgrade_sock`].
+    pub upgrade_sock: Option<PathBuf>,
+    /// Once every listener accepts, write the bound addresses here as JSON.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The default handover socket: stable across restarts of one instance (it is named for
+/// the first listen port as bound), distinct between instances on one host.
+pub fn default_upgrade_sock(bound: &Bound) -> PathBuf {
+    let port = bound.listen.first().map_or(0, |a| a.port());
+    std::env::temp_dir().join(format!("nxgate-upgrade-{port}.sock"))
+}
+
+/// Pingora's listener for `addr`; a reserved port-0 address must share the reservation's
+/// port, so its listener sets `SO_REUSEPORT` as the reservation did.
+fn listener(addr: SocketAddr, bound: &Bound) -> ListenerConfig {
+    let config = ListenerConfig::tcp(addr.to_string());
+    if !bound.is_reserved(addr) {
+        return config;
+    }
+    let mut options = TcpSocketOptions::default();
+    options.so_reuseport = Some(true);
+    config.tcp_socket_options(options)
+}
+
+/// A built, not yet running gateway.
+pub struct Gateway {
+    server: Server,
+    lifecycle: Arc<Lifecycle>,
+    bound: Arc<Bound>,
+}
+
+impl Gateway {
+    /// Builds every service for `config`; `config_path` is what reloads read. Fails if a
+    /// listen address cannot be had.
+    pub fn build(config: GatewayConfig, config_path: &Path, mode: &StartMode) -> Result<Self, String> {
+        let bound = Arc::new(Bound::resolve(&config.listen, config.admin_listen, mode.upgrade)?);
+        let upgrade_sock = mode.upgrade_sock.clone().unwrap_or_else(|| default_upgrade_sock(&bound));
+        let conf = ServerConf {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
+            pid_file: std::env::temp_dir().join(format!("nxgate-{}.pid", std::process::id())).display().to_string(),
+            upgrade_sock: upgrade_sock.display().to_string(),
+            ..ServerConf::default()
+        };
+        let opt = Opt { upgrade: mode.upgrade, ..Opt::default() };
+        let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+        server.bootstrap();
+
+        let metrics = Arc::new(Metrics::new());
+        let lifecycle = Lifecycle::new(config.shutdown_grace, metrics.clone());
+        let live = generation::live(config, metrics.clone());
+        let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone()));
+
+        let app = NxGate::new(live.clone(), metrics.clone(), lifecycle.clone());
+        let mut proxy = pingora::proxy::http_proxy(&server.configuration, app);
+        // HTTP/2 with prior knowledge (h2c) on the same ports; HTTP/1 callers are unaffected
+        // (Pingora peeks for the h2 preface). An h2 connection with no stream open is closed
+        // after the same idle time as an HTTP/1 keep-alive connection.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        options.h2_idle_timeout = Some(Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
+        proxy.server_options = Some(options);
+        let mut proxy = Service::new("nxgate".to_owned(), HeaderDeadline::new(proxy, live.clone(), &metrics));
+        for addr in &bound.listen {
+            // A 16 KiB write buffer lets a response header and a body of up to ~15 KiB leave
+            // in one segment; Pingora's 1,460-byte default splits a 1 KiB answer in two.
+            let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
+            proxy.add_listener(listener(*addr, &bound).l4_buffer(buffers));
+        }
+        server.add_service(proxy);
+
+        if let Some(addr) = bound.admin {
+            let admin = AdminApp { lifecycle: lifecycle.clone(), metrics: metrics.clone(), reloader: reloader.clone() };
+            let mut svc = Service::new("nxgate admin".to_owned(), HeaderDeadline::new(admin, live.clone(), &metrics));
+            svc.add_listener(listener(addr, &bound));
+            server.add_service(svc);
+        }
+        let housekeeping = Housekeeping {
+            bound: bound.clone(),
+            ready_file: mode.ready_file.clone(),
+            lifecycle: lifecycle.clone(),
+            reloader,
+        };
+        server.add_service(background_service("housekeeping", housekeeping));
+        Ok(Gateway { server, lifecycle, bound })
+    }
+
+    /// Where the listeners are (port 0 resolved).
+    pub fn bound(&self) -> Arc<Bound> {
+        self.bound.clone()
+    }
+
+    /// The lifecycle handle (readiness, draining, stop).
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        self.lifecycle.clone()
+    }
+
+    /// Runs until a signal (or `Lifecycle::stop_now`). Blocks.
+    pub fn run(self) {
+        let signals = Signals(self.lifecycle.clone());
+        self.server.run(RunArgs { shutdown_signal: Box::new(signals) });
+    }
+}
