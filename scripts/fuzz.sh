@@ -5,8 +5,9 @@
 #
 # Works on a stable toolchain: cargo-fuzz needs nightly-only rustc flags, which
 # RUSTC_BOOTSTRAP=1 unlocks. Built without a sanitizer (all of the fuzzed code is safe
-# Rust; ASan would only multiply the build time of pingora and its dependencies) and in
-# the dev profile (release mode with one codegen unit per crate takes ~15 min on 2 cores).
+# Rust) and in the dev profile. The targets depend on nxgate-core only, so no Pingora is
+# compiled; the instrumented build goes to fuzz/target (ignored) so its RUSTFLAGS never
+# invalidate the workspace's own target/.
 # New inputs the fuzzer finds go to fuzz/target/corpus/ (ignored); the seeds in
 # fuzz/corpus/ are only read. Crashing inputs are kept in fuzz/artifacts/<target>/.
 set -euo pipefail
@@ -21,6 +22,7 @@ fi
 
 export RUSTC_BOOTSTRAP=1
 export CARGO_PROFILE_DEV_DEBUG=0
+export CARGO_TARGET_DIR="$PWD/fuzz/target"
 flags=(--sanitizer none --dev)
 
 cargo fuzz build "${flags[@]}"

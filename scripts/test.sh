@@ -10,12 +10,15 @@ nxgate_install redis-server:redis-server
 nxgate_install curl:curl
 # tests/deploy.rs lints and validates deploy/ with hadolint, kubernetes-validate, systemd-analyze.
 bash scripts/install-deploy-tools.sh
-cargo build --locked --all-targets
+# Style and lints are part of the suite: formatted to rustfmt.toml, no clippy warning.
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo build --locked --workspace --all-targets
 # Thread count through the environment: `-- --test-threads` would also reach the
 # criterion bench binaries (run once each here, as a smoke test), which refuse it.
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-RUST_TEST_THREADS="${NXGATE_TEST_THREADS:-4}" cargo test --locked --all-targets 2>&1 | tee "$log"
+RUST_TEST_THREADS="${NXGATE_TEST_THREADS:-4}" cargo test --locked --workspace --exclude nxgate-fuzz --all-targets 2>&1 | tee "$log"
 # Fuzz the parsers for a bounded time (NXGATE_FUZZ_SECS per target, default 60).
 bash scripts/fuzz.sh
 # One closing line for the whole cargo test run (the fuzzer's output comes after it).
