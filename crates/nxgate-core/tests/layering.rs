@@ -44,3 +44,34 @@ fn one_lock_file_and_no_large_tracked_file() {
         assert!(allowed || meta.len() <= 200_000, "{f} is {} bytes (over 200 KB)", meta.len());
     }
 }
+
+/// The README's Layout table names only paths that exist, and every source directory of
+/// every crate (and every crate) is named by it.
+#[test]
+fn the_readme_layout_table_matches_the_tree() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let table = readme.split("## Layout").nth(1).expect("a Layout section").split("\n## ").next().unwrap_or("");
+    let mut named = Vec::new();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let first = row.split('|').nth(1).unwrap_or("");
+        let mut base = String::new();
+        for path in first.split('`').skip(1).step_by(2) {
+            // `crates/x/src/a.rs`, `b.rs` names b.rs beside a.rs.
+            let full = if path.contains('/') || base.is_empty() { path.to_owned() } else { format!("{base}{path}") };
+            base = full.rfind('/').map(|i| full[..=i].to_owned()).unwrap_or_default();
+            assert!(repo().join(&full).exists(), "the Layout table names {full}, which does not exist");
+            named.push(full.trim_end_matches('/').to_owned());
+        }
+    }
+    let crates = std::fs::read_dir(repo().join("crates")).expect("crates/");
+    for krate in crates.map(|e| e.expect("entry").path()) {
+        let name = format!("crates/{}", krate.file_name().unwrap().to_string_lossy());
+        assert!(named.contains(&name), "the Layout table does not name {name}");
+        let src = krate.join("src");
+        for dir in std::fs::read_dir(&src).into_iter().flatten().map(|e| e.expect("entry").path()).filter(|p| p.is_dir()) {
+            let rel = format!("{name}/src/{}", dir.file_name().unwrap().to_string_lossy());
+            let covered = named.iter().any(|n| n == &rel || rel.starts_with(&format!("{n}/")) || n.starts_with(&format!("{rel}/")));
+            assert!(covered || name.ends_with("emulator"), "the Layout table does not name {rel}");
+        }
+    }
+}
