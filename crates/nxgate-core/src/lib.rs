@@ -5,15 +5,19 @@
 //! (may this path go out), `headers` (what crosses), `signing` (sign the exact body),
 //! `verify` (check the answer), `errors` (the refusal contract and its one wire
 //! rendering). `config` turns the file format into the validated model the gateway runs
-//! on; `secret` holds key material; `clock` is the one wall clock.
+//! on; `secret` holds key material; `clock` is the one wall clock. For NXCloud's own
+//! answers: `vendor` (its codes), `backoff` (after "busy"), `gzip` (bounded decoding).
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod errors;
+pub mod gzip;
 pub mod headers;
 pub mod routes;
 pub mod secret;
 pub mod signing;
 pub mod tenants;
+pub mod vendor;
 pub mod verify;

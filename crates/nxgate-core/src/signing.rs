@@ -294,6 +294,10 @@ mod tests {
     /// developer's fresh machine without `../shared` there is nothing to compare (said on
     /// stderr); in CI (`CI` set), where `../shared` is always laid beside the clone, a
     /// missing copy fails.
+    /// The repository's copy must equal the vendor-facts copy beside the repository. On a
+    /// developer's fresh machine without `../shared` there is nothing to compare (said on
+    /// stderr); in CI (`CI` set), where `../shared` is always laid beside the clone, a
+    /// missing copy fails.
     #[test]
     fn the_parsed_names_are_the_vendor_names_lowercased() {
         use header::parsed;
