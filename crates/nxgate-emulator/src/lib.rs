@@ -1,171 +1,161 @@
-//! A local stand-in for `nxbot.nxcloud.com`, for users' CI, our tests, the demo and the
-//! benchmarks.
+//! A local stand-in for `nxbot.nxcloud.com`'s Callbot v3 API, for users' CI, our tests, the
+//! demo and the benchmarks: no NXCloud account needed.
 //!
-//! It checks request signatures exactly as the vendor document describes, answers
-//! `/callcentre/api/v3/ping` like the real service, echoes any other path, and signs every
-//! answer. It misbehaves on demand (per request with the `x-emulator-fault` header, or for
-//! every request with `--fault`) so the gateway's fail-closed paths can be exercised.
+//! What it models (details and every undocumented choice: `docs/emulator.md`):
+//! - every documented endpoint of the v3 API, with the vendor's field validation codes and
+//!   its two envelopes (`code/msg/reqId/timestamp/data` for ping, `retCode/retMsg/responseID`
+//!   for the rest);
+//! - the signature rule on requests and answers, with the vendor's refusal codes (6, 6001,
+//!   6002, 3), using the independent reference signer `nxgate_testkit::refsign`;
+//! - tasks, orders and calls, dialled on a simulated clock with seeded outcomes, reported
+//!   through signed task/order/call callbacks with bounded retries;
+//! - gzip bodies on the endpoints that document them;
+//! - faults on demand, per request (`x-emulator-fault`) or always (`--fault`);
+//! - an inspection and control surface under `/_emulator/` (state, request counter,
+//!   clock stepping), unauthenticated: never expose an emulator beyond a test network.
 //!
-//! It is a small hand-written HTTP/1.1 server rather than a framework, because the
-//! misbehaviours need byte-level control: a reset in the middle of a body, a body shorter
-//! than its `Content-Length`, a response that is not HTTP at all.
+//! Any path that is not a documented endpoint is echoed back (method, path, headers, body)
+//! in the `code` envelope: an emulator extension the gateway's own tests use to see what
+//! the gateway sent upstream.
+//!
+//! The request path, in the order a request travels, is `respond`'s body.
+
+#![warn(missing_docs)]
 
 pub mod cli;
 
-use bytes::{Buf, Bytes, BytesMut};
+mod api;
+mod auth;
+mod callbacks;
+mod control;
+mod faults;
+mod http;
+mod sim;
+mod state;
+
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 
+use bytes::BytesMut;
 use nxgate_core::secret::Secret;
-use nxgate_core::signing::{self, header as sig, Algorithm, SigningInput};
+use nxgate_testkit::refsign::Digest;
+use serde_json::{json, Value};
 
-/// Request header that selects a fault for one request.
-pub const FAULT_HEADER: &str = "x-emulator-fault";
-/// Request header with the delay for `slow`, in milliseconds.
-pub const DELAY_HEADER: &str = "x-emulator-delay-ms";
-/// Request header with the body size for `oversized`, in bytes.
-pub const SIZE_HEADER: &str = "x-emulator-size";
+pub use auth::REQUEST_SKEW_SECS;
+pub use callbacks::CallbackRetry;
+pub use faults::{
+    Fault, Misbehaviour, VendorFault, DEFAULT_OVERSIZE_BYTES, DEFAULT_RETRY_AFTER_SECS, DEFAULT_SLOW_MS, DELAY_HEADER,
+    FAULT_HEADER, RETRY_AFTER_HEADER, SIZE_HEADER,
+};
+pub use http::Resettable;
 
-/// Delay of `slow` when no `x-emulator-delay-ms` is given.
-pub const DEFAULT_SLOW_MS: u64 = 5_000;
-/// Body size of `oversized` when no `x-emulator-size` is given.
-pub const DEFAULT_OVERSIZE_BYTES: usize = 16 * 1024 * 1024;
-/// Largest request header block the emulator reads.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Largest request body the emulator reads.
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
-/// How far a request's createTs may be from the emulator's clock.
-pub const REQUEST_SKEW_SECS: u64 = 300;
+use api::Endpoint;
+use auth::{header, Refusal};
+use http::{Delivery, Request, Response};
+use state::World;
 
 /// The vendor's public sample account id, used by the demo.
 pub const SAMPLE_UUID: &str = "Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR";
 /// The vendor's public sample secret key, used by the demo.
 pub const SAMPLE_SECRET: &str = "u7Mf3zUNOkg4lMV9a0E6cHSgIkK22GSr";
 
-/// One way to misbehave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// A `sign` that does not match.
-    BadSign,
-    /// A validly signed answer carrying another requestID.
-    WrongRequestId,
-    /// A validly signed answer carrying another uuid.
-    WrongUuid,
-    /// A validly signed answer with a createTs an hour old.
-    StaleTs,
-    /// No `sign` header.
-    MissingSign,
-    /// Answer signed with the other algorithm (MD5 for a SHA256 request).
-    Downgrade,
-    /// Wait `x-emulator-delay-ms` before answering.
-    Slow,
-    /// Send the header and half the body, then reset the connection.
-    Reset,
-    /// Send the header and half the body, then close cleanly.
-    Truncated,
-    /// A correctly signed body of `x-emulator-size` bytes.
-    Oversized,
-    /// `500` with a JSON body and no signature headers.
-    Unsigned500,
-    /// Bytes that are not an HTTP response.
-    Garbage,
+/// Which bytes the `sign` of a gzip body covers. The vendor does not say (§1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GzipSign {
+    /// The decoded (uncompressed) bytes.
+    #[default]
+    Decoded,
+    /// The bytes on the wire (compressed).
+    Wire,
 }
 
-impl Fault {
-    /// Every fault, for tests that sweep them.
-    pub const ALL: [Fault; 12] = [
-        Fault::BadSign,
-        Fault::WrongRequestId,
-        Fault::WrongUuid,
-        Fault::StaleTs,
-        Fault::MissingSign,
-        Fault::Downgrade,
-        Fault::Slow,
-        Fault::Reset,
-        Fault::Truncated,
-        Fault::Oversized,
-        Fault::Unsigned500,
-        Fault::Garbage,
-    ];
+impl std::str::FromStr for GzipSign {
+    type Err = String;
 
-    /// The name used in `x-emulator-fault` and `--fault`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Fault::BadSign => "bad_sign",
-            Fault::WrongRequestId => "wrong_request_id",
-            Fault::WrongUuid => "wrong_uuid",
-            Fault::StaleTs => "stale_ts",
-            Fault::MissingSign => "missing_sign",
-            Fault::Downgrade => "downgrade",
-            Fault::Slow => "slow",
-            Fault::Reset => "reset",
-            Fault::Truncated => "truncated",
-            Fault::Oversized => "oversized",
-            Fault::Unsigned500 => "unsigned_500",
-            Fault::Garbage => "garbage",
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "decoded" => Ok(GzipSign::Decoded),
+            "wire" => Ok(GzipSign::Wire),
+            _ => Err(format!("--gzip-sign takes decoded or wire, not {s:?}")),
         }
     }
 }
 
-impl FromStr for Fault {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Fault::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| format!("unknown fault {s:?}; one of: {}", Fault::ALL.map(|f| f.name()).join(", ")))
-    }
-}
-
-/// How the emulator behaves.
+/// How the emulator behaves. Construct with `..Default::default()`: fields are added over
+/// time.
 #[derive(Debug, Default)]
 pub struct EmulatorConfig {
     /// Known accounts: uuid → secret.
     pub tenants: HashMap<String, Secret>,
+    /// Each account's configured algorithm (the console setting), used to sign its
+    /// callbacks; an account not listed uses MD5. Requests and answers use the request's
+    /// `algorithm` header instead.
+    pub tenant_algorithms: HashMap<String, Digest>,
     /// Skip request signature checks (only for the benchmark's "direct" row).
     pub skip_request_verification: bool,
-    /// Misbehave on every request.
+    /// Misbehave on every request (a defect).
     pub fault: Option<Fault>,
+    /// Answer every request busy / in maintenance / 429 (when `fault` is `None`).
+    pub vendor_fault: Option<VendorFault>,
+    /// Seed of the call outcomes and ids: the same seed and requests give the same calls.
+    pub seed: u64,
+    /// Simulated seconds per wall-clock second; 0 (the default here) freezes the clock
+    /// so only `POST /_emulator/advance` moves it.
+    pub time_scale: f64,
+    /// Which bytes a gzip body's sign covers, for requests and answers.
+    pub gzip_sign: GzipSign,
+    /// How undeliverable callbacks are retried.
+    pub callback_retry: CallbackRetry,
 }
 
-/// A parsed request.
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, Vec<u8>)>,
-    body: Bytes,
-    close: bool,
+/// A running emulator's shared state.
+pub(crate) struct Emulator {
+    pub cfg: Arc<EmulatorConfig>,
+    world: Mutex<World>,
+    clock: Mutex<sim::Clock>,
+    /// A fault set at run time through `/_emulator/fault`; overrides the configured one.
+    runtime_fault: Mutex<Option<Option<Misbehaviour>>>,
+    /// Serializes clock advances (the ticker's and the tests').
+    pub advance_lock: tokio::sync::Mutex<()>,
 }
 
-impl Request {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+impl Emulator {
+    fn new(cfg: Arc<EmulatorConfig>) -> Self {
+        let origin = wall_ms();
+        Emulator {
+            world: Mutex::new(World::new(cfg.seed, origin, cfg.tenant_algorithms.clone())),
+            clock: Mutex::new(sim::Clock::new(origin, cfg.time_scale)),
+            runtime_fault: Mutex::new(None),
+            advance_lock: tokio::sync::Mutex::new(()),
+            cfg,
+        }
     }
 
-    fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    /// The model. A poisoned lock (a handler panicked) still holds a usable model.
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-/// How to put a response on the wire.
-enum Delivery {
-    Whole,
-    HalfThenReset,
-    HalfThenClose,
-    Garbage,
-}
+    pub fn clock(&self) -> MutexGuard<'_, sim::Clock> {
+        self.clock.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-struct Response {
-    status: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-    delivery: Delivery,
+    /// The fault for requests that name none.
+    pub fn standing_fault(&self) -> Option<Misbehaviour> {
+        let runtime = *self.runtime_fault.lock().unwrap_or_else(|e| e.into_inner());
+        runtime.unwrap_or_else(|| {
+            self.cfg.fault.map(Misbehaviour::Defect).or(self.cfg.vendor_fault.map(Misbehaviour::Vendor))
+        })
+    }
+
+    pub fn set_runtime_fault(&self, fault: Option<Misbehaviour>) {
+        *self.runtime_fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(fault);
+    }
 }
 
 /// Binds `addr` and serves until the task is dropped. Returns the bound address.
@@ -179,8 +169,13 @@ pub async fn spawn(
     Ok((local, tokio::spawn(serve(listener, cfg, tls))))
 }
 
-/// Accepts connections forever.
+/// Accepts connections forever (and, with a time scale, runs the clock).
 pub async fn serve(listener: TcpListener, cfg: Arc<EmulatorConfig>, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let emu = Arc::new(Emulator::new(cfg));
+    tokio::join!(sim::ticker(emu.clone()), accept_loop(listener, emu, tls));
+}
+
+async fn accept_loop(listener: TcpListener, emu: Arc<Emulator>, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -191,13 +186,13 @@ pub async fn serve(listener: TcpListener, cfg: Arc<EmulatorConfig>, tls: Option<
             }
         };
         let _ = stream.set_nodelay(true);
-        let cfg = cfg.clone();
+        let emu = emu.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => connection(stream, &cfg).await,
+                None => connection(stream, &emu).await,
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => connection(s, &cfg).await,
+                    Ok(s) => connection(s, &emu).await,
                     Err(e) => tracing::debug!(error = %e, "emulator TLS handshake failed"),
                 },
             }
@@ -205,40 +200,28 @@ pub async fn serve(listener: TcpListener, cfg: Arc<EmulatorConfig>, tls: Option<
     }
 }
 
-/// A stream whose TCP socket can be told to reset on close.
-pub trait Resettable: AsyncRead + AsyncWrite + Unpin + Send {
-    /// The TCP socket underneath.
-    fn tcp(&self) -> &TcpStream;
-}
-
-impl Resettable for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
-    }
-}
-
-impl Resettable for tokio_rustls::server::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
-    }
-}
-
-async fn connection<S: Resettable>(mut stream: S, cfg: &EmulatorConfig) {
+async fn connection<S: Resettable>(mut stream: S, emu: &Arc<Emulator>) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
-        let req = match read_request(&mut stream, &mut buf).await {
+        let req = match http::read_request(&mut stream, &mut buf).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(msg) => {
                 let _ = stream
-                    .write_all(format!("HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}", msg.len()).as_bytes())
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
+                            msg.len()
+                        )
+                        .as_bytes(),
+                    )
                     .await;
                 return;
             }
         };
         let close = req.close;
-        let resp = respond(cfg, &req).await;
-        let keep_going = write_response(&mut stream, resp, close).await;
+        let resp = respond(emu, &req).await;
+        let keep_going = http::write_response(&mut stream, resp, close).await;
         if !keep_going || close {
             let _ = stream.shutdown().await;
             return;
@@ -246,291 +229,260 @@ async fn connection<S: Resettable>(mut stream: S, cfg: &EmulatorConfig) {
     }
 }
 
-/// Reads one request; `Ok(None)` on a clean close between requests.
-async fn read_request<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Option<Request>, String> {
-    let (head_len, method, path, headers) = loop {
-        let mut slots = [httparse::EMPTY_HEADER; 128];
-        let mut parsed = httparse::Request::new(&mut slots);
-        match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let headers: Vec<(String, Vec<u8>)> =
-                    parsed.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect();
-                break (n, parsed.method.unwrap_or("").to_owned(), parsed.path.unwrap_or("").to_owned(), headers);
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEADER_BYTES => {}
-            Ok(httparse::Status::Partial) => return Err("request header too large".into()),
-            Err(e) => return Err(format!("bad request: {e}")),
-        }
-        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err("connection closed mid-header".into()) };
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+pub(crate) fn wall_secs() -> u64 {
+    wall_ms() / 1000
+}
+
+/// The two answer shapes (§1.3).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// ping (and the echo extension): `code`, `msg`, `reqId`, `timestamp`, `data`.
+    Code,
+    /// every other endpoint: `retCode`, `retMsg`, `responseID`, then the endpoint's fields.
+    RetCode,
+}
+
+fn envelope(family: Family, code: i64, msg: &str, request_id: &str, fields: serde_json::Map<String, Value>) -> Vec<u8> {
+    let value = match family {
+        Family::Code => json!({
+            "data": fields.get("data").cloned().unwrap_or(Value::Null),
+            "timestamp": wall_secs(),
+            "code": code,
+            "msg": msg,
+            // The vendor calls it a tracing id; echoing the requestID lets callers match
+            // an answer to its request.
+            "reqId": request_id,
+        }),
+        Family::RetCode => {
+            let mut m = serde_json::Map::new();
+            m.insert("retCode".into(), json!(code));
+            m.insert("retMsg".into(), json!(msg));
+            m.insert("responseID".into(), json!(format!("{:032x}", rand::random::<u128>())));
+            m.extend(fields);
+            Value::Object(m)
         }
     };
-    buf.advance(head_len);
-    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
-    let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
-    let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case(b"chunked"));
-    let body = if chunked {
-        read_chunked(stream, buf).await?
-    } else {
-        let len = match find("content-length") {
-            None => 0,
-            Some(v) => std::str::from_utf8(v).ok().and_then(|s| s.parse::<usize>().ok()).ok_or("bad content-length")?,
-        };
-        if len > MAX_BODY_BYTES {
-            return Err("body too large".into());
-        }
-        fill(stream, buf, len).await?;
-        buf.split_to(len).freeze()
-    };
-    Ok(Some(Request { method, path, headers, body, close }))
+    serde_json::to_vec(&value).expect("json value serializes")
 }
 
-async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut, n: usize) -> Result<(), String> {
-    while buf.len() < n {
-        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("connection closed mid-body".into());
-        }
+fn refusal_body(family: Family, r: &Refusal, request_id: &str) -> Vec<u8> {
+    envelope(family, r.code, &r.msg, request_id, serde_json::Map::new())
+}
+
+/// `code`/`retCode` 7 (§3).
+const BUSY_CODE: i64 = 7;
+/// `code`/`retCode` 5 (§3).
+const MAINTENANCE_CODE: i64 = 5;
+/// Largest decoded gzip request body.
+const MAX_DECODED_BYTES: u64 = 256 * 1024 * 1024;
+
+fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(MAX_DECODED_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Refusal::new(3, format!("Content-Encoding gzip, but the body does not decode: {e}")))?;
+    if out.len() as u64 > MAX_DECODED_BYTES {
+        return Err(Refusal::new(4001, "decoded body too large"));
     }
-    Ok(())
+    Ok(out)
 }
 
-async fn read_line<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<BytesMut, String> {
-    loop {
-        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = buf.split_to(i);
-            buf.advance(2);
-            return Ok(line);
-        }
-        if buf.len() > MAX_HEADER_BYTES {
-            return Err("chunk line too long".into());
-        }
-        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("connection closed mid-chunk".into());
-        }
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
+/// One request, in the order it travels: control plane → count → fault → gzip decode →
+/// signature check → vendor refusals → endpoint → gzip encode → sign.
+async fn respond(emu: &Arc<Emulator>, req: &Request) -> Response {
+    let route = req.route().to_owned();
+    if route.starts_with(control::PREFIX) {
+        return control::handle(emu, req).await;
     }
-}
+    let seen = describe(req, MAX_RECORDED_BODY_BYTES);
+    emu.world().requests.count(&route, seen);
 
-async fn read_chunked<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Bytes, String> {
-    let mut body = BytesMut::new();
-    loop {
-        let line = read_line(stream, buf).await?;
-        let size_text = std::str::from_utf8(&line).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-        if size == 0 {
-            // Trailers, if any, end with an empty line.
-            while !read_line(stream, buf).await?.is_empty() {}
-            return Ok(body.freeze());
-        }
-        if body.len() + size > MAX_BODY_BYTES {
-            return Err("body too large".into());
-        }
-        fill(stream, buf, size + 2).await?;
-        body.extend_from_slice(&buf.split_to(size));
-        buf.advance(2);
-    }
-}
-
-fn now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
-}
-
-/// The vendor's JSON envelope.
-fn envelope(code: i64, msg: &str, req_id: &str, data: serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "data": data,
-        "timestamp": now().as_millis() as u64,
-        "code": code,
-        "msg": msg,
-        "reqId": req_id,
-    }))
-    .expect("json value serializes")
-}
-
-/// Why a request's signature was refused: `(code, msg)` in the answer's envelope.
-fn check_request(cfg: &EmulatorConfig, req: &Request) -> Result<(), (i64, &'static str)> {
-    let (Some(request_id), Some(uuid), Some(create_ts), Some(sign)) = (
-        req.header_str(sig::REQUEST_ID),
-        req.header_str(sig::UUID),
-        req.header_str(sig::CREATE_TS),
-        req.header(sig::SIGN),
-    ) else {
-        return Err((10001, "missing signature header (requestID, uuid, createTs, sign)"));
-    };
-    let Some(secret) = cfg.tenants.get(uuid) else { return Err((10002, "unknown uuid")) };
-    let algorithm = match req.header_str(sig::ALGORITHM) {
-        None => Algorithm::Md5,
-        Some(a) => a.parse().map_err(|_| (10003, "unknown algorithm"))?,
-    };
-    let ts: u64 = create_ts.parse().map_err(|_| (10004, "createTs is not a unix timestamp"))?;
-    if ts.abs_diff(now().as_secs()) > REQUEST_SKEW_SECS {
-        return Err((10005, "createTs is too far from the server clock"));
-    }
-    let input = SigningInput { body: &req.body, create_ts, request_id, uuid };
-    if !signing::signature_matches(secret, algorithm, &input, sign) {
-        return Err((10006, "sign mismatch"));
-    }
-    Ok(())
-}
-
-async fn respond(cfg: &EmulatorConfig, req: &Request) -> Response {
     let fault = match req.header_str(FAULT_HEADER) {
-        Some(name) => match name.parse::<Fault>() {
+        Some(name) => match name.parse::<Misbehaviour>() {
             Ok(f) => Some(f),
-            Err(msg) => return plain(400, msg.into_bytes()),
+            Err(msg) => return Response::plain(400, msg.into_bytes()),
         },
-        None => cfg.fault,
+        None => emu.standing_fault(),
     };
-    let request_id = req.header_str(sig::REQUEST_ID).unwrap_or("").to_owned();
-    let uuid = req.header_str(sig::UUID).unwrap_or("").to_owned();
-    let algorithm = req.header_str(sig::ALGORITHM).and_then(|a| a.parse().ok()).unwrap_or_default();
+    let defect = fault.and_then(Misbehaviour::defect);
+    let request_id = req.header_str(header::REQUEST_ID).unwrap_or("").to_owned();
+    let uuid = req.header_str(header::UUID).unwrap_or("").to_owned();
+    let digest = auth::request_digest(req).unwrap_or(Digest::Md5);
+    let endpoint = Endpoint::from_route(&route);
+    let family = match endpoint {
+        None | Some(Endpoint::Ping) => Family::Code,
+        Some(_) => Family::RetCode,
+    };
 
-    if fault == Some(Fault::Slow) {
+    if defect == Some(Fault::Slow) {
         let ms = req.header_str(DELAY_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SLOW_MS);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if fault == Some(Fault::Garbage) {
-        return Response { status: 0, headers: vec![], body: b"NOT HTTP AT ALL\r\n\r\n".to_vec(), delivery: Delivery::Garbage };
+    if defect == Some(Fault::Garbage) {
+        return Response {
+            status: 0,
+            headers: vec![],
+            body: b"NOT HTTP AT ALL\r\n\r\n".to_vec(),
+            delivery: Delivery::Garbage,
+        };
     }
-    if fault == Some(Fault::Unsigned500) {
-        let body = envelope(500, "internal error", &request_id, serde_json::Value::Null);
-        return json(500, body);
+    if defect == Some(Fault::Unsigned500) {
+        return Response::json(500, envelope(Family::Code, 500, "internal error", &request_id, Default::default()));
+    }
+    if fault == Some(Misbehaviour::Vendor(VendorFault::Http429)) {
+        let secs = req.header_str(RETRY_AFTER_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_RETRY_AFTER_SECS);
+        let mut resp =
+            Response::json(429, envelope(family, BUSY_CODE, "too many requests", &request_id, Default::default()));
+        resp.headers.push(("retry-after", secs.to_string()));
+        return resp;
     }
 
-    let verdict = if cfg.skip_request_verification { Ok(()) } else { check_request(cfg, req) };
-    let body = match verdict {
-        Err((code, msg)) => envelope(code, msg, &request_id, serde_json::Value::Null),
-        Ok(()) if fault == Some(Fault::Oversized) => {
-            let size = req.header_str(SIZE_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_OVERSIZE_BYTES);
-            let filler = "x".repeat(size);
-            envelope(0, "success", &request_id, serde_json::Value::String(filler))
-        }
-        Ok(()) if req.path.split('?').next() == Some("/callcentre/api/v3/ping") => {
-            // The real ping answers with data; echo the caller's `data` so callers can
-            // tell their own answer from another request's.
-            let data = serde_json::from_slice::<serde_json::Value>(&req.body)
-                .ok()
-                .and_then(|v| v.get("data").cloned())
-                .unwrap_or_else(|| serde_json::Value::String("pong".into()));
-            envelope(0, "success", &request_id, data)
-        }
-        Ok(()) => envelope(0, "echo", &request_id, echo(req)),
+    // The bytes the sign covers and the bytes the endpoint reads.
+    let gzipped = req.header_str("content-encoding").is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let decoded = match (gzipped, endpoint) {
+        (true, Some(e)) if e.takes_gzip_body() => Some(gunzip(&req.body)),
+        _ => None,
+    };
+    let signed_in: &[u8] = match (&decoded, emu.cfg.gzip_sign) {
+        (Some(Ok(d)), GzipSign::Decoded) => d,
+        _ => &req.body,
     };
 
-    let Some(secret) = cfg.tenants.get(&uuid) else {
-        // An unknown account cannot be signed for; answer unsigned, as an error.
-        return json(200, body);
+    let verdict = match (&decoded, emu.cfg.gzip_sign) {
+        // The sign covers decoded bytes that do not exist: the body's format is the error.
+        (Some(Err(r)), GzipSign::Decoded) => Err(r.clone()),
+        _ if emu.cfg.skip_request_verification => Ok(()),
+        _ => auth::check(&emu.cfg.tenants, req, signed_in),
     };
-    let mut resp = json(200, body);
-    sign_response(&mut resp, secret, fault, &request_id, &uuid, algorithm);
+    let mut body = match verdict {
+        Err(r) => refusal_body(family, &r, &request_id),
+        Ok(()) => match fault {
+            Some(Misbehaviour::Vendor(VendorFault::Busy)) => {
+                envelope(family, BUSY_CODE, "system busy", &request_id, Default::default())
+            }
+            Some(Misbehaviour::Vendor(VendorFault::Maintenance)) => {
+                envelope(family, MAINTENANCE_CODE, "server under maintenance", &request_id, Default::default())
+            }
+            _ if defect == Some(Fault::Oversized) => {
+                let size = req.header_str(SIZE_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_OVERSIZE_BYTES);
+                let data = serde_json::Map::from_iter([("data".to_owned(), Value::String("x".repeat(size)))]);
+                envelope(Family::Code, 0, "success", &request_id, data)
+            }
+            _ => match endpoint {
+                None => {
+                    let data = serde_json::Map::from_iter([("data".to_owned(), echo(req))]);
+                    envelope(Family::Code, 0, "echo", &request_id, data)
+                }
+                Some(e) => answer(emu, e, family, req, &uuid, &request_id, gzipped, decoded),
+            },
+        },
+    };
+
+    let mut resp = Response::json(200, Vec::new());
+    // With `--gzip-sign decoded`, a gzip answer's sign covers the bytes before compression.
+    let mut decoded_answer = None;
+    if endpoint.is_some_and(Endpoint::may_gzip_answer) && req.accepts_gzip() {
+        let wire = gzip(&body);
+        if emu.cfg.gzip_sign == GzipSign::Decoded {
+            decoded_answer = Some(std::mem::take(&mut body));
+        }
+        body = wire;
+        resp.headers.push(("content-encoding", "gzip".into()));
+    }
+    // An unknown account cannot be signed for; its refusal goes out unsigned.
+    if let Some(secret) = emu.cfg.tenants.get(&uuid) {
+        let signed = decoded_answer.as_deref().unwrap_or(&body);
+        let (headers, delivery) = auth::answer_signature(signed, secret, defect, &request_id, &uuid, digest);
+        resp.headers.extend(headers);
+        resp.delivery = delivery;
+    }
+    resp.body = body;
     resp
 }
 
-fn echo(req: &Request) -> serde_json::Value {
-    let headers: Vec<_> = req
-        .headers
-        .iter()
-        .map(|(k, v)| serde_json::json!([k, String::from_utf8_lossy(v)]))
-        .collect();
-    serde_json::json!({
+/// The answer of a documented endpoint to a request that passed the signature check.
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    emu: &Emulator,
+    endpoint: Endpoint,
+    family: Family,
+    req: &Request,
+    uuid: &str,
+    request_id: &str,
+    gzipped: bool,
+    decoded: Option<Result<Vec<u8>, Refusal>>,
+) -> Vec<u8> {
+    if req.method != "POST" {
+        return refusal_body(family, &Refusal::new(1, "every v3 endpoint is POST"), request_id);
+    }
+    let bytes: &[u8] = match &decoded {
+        Some(Ok(d)) => d,
+        Some(Err(r)) => return refusal_body(family, r, request_id),
+        None if gzipped => {
+            return refusal_body(
+                family,
+                &Refusal::new(3, "Content-Encoding gzip is accepted by importBatchCall only"),
+                request_id,
+            )
+        }
+        None => &req.body,
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return refusal_body(family, &Refusal::new(3, "body is not JSON"), request_id);
+    };
+    if endpoint == Endpoint::Ping {
+        return ping(&value, request_id);
+    }
+    let result = api::handle(&mut emu.world(), endpoint, uuid, &value);
+    match result {
+        Ok(fields) => envelope(family, 0, "success", request_id, fields),
+        Err(r) => refusal_body(family, &r, request_id),
+    }
+}
+
+/// ping (§4.1): `data` is required and must be a string; it comes back as `data`.
+fn ping(value: &Value, request_id: &str) -> Vec<u8> {
+    let refuse = |code, msg: &str| refusal_body(Family::Code, &Refusal::new(code, msg), request_id);
+    let Some(map) = value.as_object() else { return refuse(3, "body must be a JSON object") };
+    match map.get("data") {
+        None | Some(Value::Null) => refuse(2, "data is missing"),
+        Some(Value::String(_)) => {
+            let data = serde_json::Map::from_iter([("data".to_owned(), map["data"].clone())]);
+            envelope(Family::Code, 0, "success", request_id, data)
+        }
+        Some(_) => refuse(3, "data must be a string"),
+    }
+}
+
+/// The echo extension: what arrived, for the gateway's tests.
+fn echo(req: &Request) -> Value {
+    describe(req, usize::MAX)
+}
+
+/// Body bytes of one request kept in `/_emulator/requests` (`body_len` is always whole).
+const MAX_RECORDED_BODY_BYTES: usize = 64 * 1024;
+
+/// A request as it arrived: method, path, headers, the first `max_body` bytes of its body.
+fn describe(req: &Request, max_body: usize) -> Value {
+    let headers: Vec<_> = req.headers.iter().map(|(k, v)| json!([k, String::from_utf8_lossy(v)])).collect();
+    json!({
         "method": req.method,
         "path": req.path,
         "headers": headers,
-        "body_hex": hex::encode(&req.body),
+        "body_hex": hex::encode(&req.body[..req.body.len().min(max_body)]),
         "body_len": req.body.len(),
     })
-}
-
-fn plain(status: u16, body: Vec<u8>) -> Response {
-    Response { status, headers: vec![("content-type", "text/plain".into())], body, delivery: Delivery::Whole }
-}
-
-fn json(status: u16, body: Vec<u8>) -> Response {
-    Response { status, headers: vec![("content-type", "application/json".into())], body, delivery: Delivery::Whole }
-}
-
-/// Adds the five signature headers, bent by `fault`.
-fn sign_response(resp: &mut Response, secret: &Secret, fault: Option<Fault>, request_id: &str, uuid: &str, algorithm: Algorithm) {
-    let now = now().as_secs();
-    let other_id;
-    let other_uuid;
-    let (mut request_id, mut uuid, mut ts, mut algorithm) = (request_id, uuid, now, algorithm);
-    match fault {
-        Some(Fault::WrongRequestId) => {
-            other_id = signing::new_request_id();
-            request_id = &other_id;
-        }
-        Some(Fault::WrongUuid) => {
-            other_uuid = format!("{uuid}x");
-            uuid = &other_uuid;
-        }
-        Some(Fault::StaleTs) => ts = now - 3_600,
-        Some(Fault::Downgrade) => {
-            algorithm = if algorithm == Algorithm::Sha256 { Algorithm::Md5 } else { Algorithm::Sha256 };
-        }
-        _ => {}
-    }
-    let ts = ts.to_string();
-    let input = SigningInput { body: &resp.body, create_ts: &ts, request_id, uuid };
-    let mut signed = signing::signed_headers(secret, algorithm, &input);
-    if fault == Some(Fault::BadSign) {
-        // Flip one hex digit: same length, wrong value.
-        let last = if signed.sign.ends_with('0') { "1" } else { "0" };
-        signed.sign.replace_range(signed.sign.len() - 1.., last);
-    }
-    for (name, value) in signed.pairs() {
-        if fault == Some(Fault::MissingSign) && name == sig::SIGN {
-            continue;
-        }
-        resp.headers.push((name, value.to_owned()));
-    }
-    resp.delivery = match fault {
-        Some(Fault::Reset) => Delivery::HalfThenReset,
-        Some(Fault::Truncated) => Delivery::HalfThenClose,
-        _ => Delivery::Whole,
-    };
-}
-
-fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Unknown")
-}
-
-/// Writes `resp`; returns whether the connection may serve another request.
-async fn write_response<S: Resettable>(stream: &mut S, resp: Response, close: bool) -> bool {
-    if let Delivery::Garbage = resp.delivery {
-        let _ = stream.write_all(&resp.body).await;
-        return false;
-    }
-    let mut out = Vec::with_capacity(256 + resp.body.len());
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status)).as_bytes());
-    for (k, v) in &resp.headers {
-        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    out.extend_from_slice(format!("content-length: {}\r\n", resp.body.len()).as_bytes());
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    let head_len = out.len();
-    out.extend_from_slice(&resp.body);
-    match resp.delivery {
-        Delivery::Whole => stream.write_all(&out).await.is_ok(),
-        Delivery::HalfThenClose => {
-            let _ = stream.write_all(&out[..head_len + resp.body.len() / 2]).await;
-            let _ = stream.flush().await;
-            false
-        }
-        Delivery::HalfThenReset => {
-            let _ = stream.write_all(&out[..head_len + resp.body.len() / 2]).await;
-            let _ = stream.flush().await;
-            // Linger 0 turns the close into an RST. (The deprecation warns that a *non-zero*
-            // linger blocks the thread on drop; zero does not wait.)
-            #[allow(deprecated)]
-            let _ = stream.tcp().set_linger(Some(Duration::ZERO));
-            false
-        }
-        Delivery::Garbage => unreachable!("handled above"),
-    }
 }
 
 /// A TLS acceptor for PEM certificate chain and key files.

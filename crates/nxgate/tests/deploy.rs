@@ -695,9 +695,14 @@ fn sidecar_example_serves_unauthenticated_demo_traffic_as_written() {
     assert_eq!(v["data"], "hello from the sidecar example", "{v}");
     assert_eq!(resp.header("x-request-id").map(str::len), Some(32));
     for _ in 0..5 {
-        let r =
-            client::request(listen, "POST", "/callcentre/api/v3/ping", &[("content-type", "application/json")], b"{}")
-                .unwrap();
+        let r = client::request(
+            listen,
+            "POST",
+            "/callcentre/api/v3/ping",
+            &[("content-type", "application/json")],
+            br#"{"data":"again"}"#,
+        )
+        .unwrap();
         assert_eq!((r.status, r.json()["code"].clone()), (200, serde_json::json!(0)));
     }
 

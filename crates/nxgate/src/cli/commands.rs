@@ -95,7 +95,8 @@ async fn ping_one(g: &Generation, tenant: &Tenant) -> Result<String, String> {
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     let out = Outbound { method: &http::Method::POST, target: PING_PATH, headers: &headers };
-    let body = bytes::Bytes::from_static(b"{}");
+    // ping's `data` is a required field (the vendor's ping page); NXCloud echoes it.
+    let body = bytes::Bytes::from_static(br#"{"data":"nxgate ping"}"#);
     let mut report = ExchangeReport::default();
     let started = std::time::Instant::now();
     let response = exchange::signed_exchange(g, tenant, &request_id, out, &body, VerifyMode::Enforce, &mut report)
