@@ -50,6 +50,12 @@ pub enum GatewayError {
         /// The configured cap.
         limit: u32,
     },
+    /// NXCloud said it is busy and the tenant is backing off: refused without reaching it.
+    #[error("NXCloud is busy for this tenant; retry after {retry_after_secs} s")]
+    UpstreamBusy {
+        /// Whole seconds until the next probe may go (the `Retry-After` value).
+        retry_after_secs: u64,
+    },
     /// The upstream could not be reached (refused, reset, TLS failure, DNS).
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -129,7 +135,8 @@ impl GatewayError {
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::RateLimited { .. }
             | GatewayError::Overloaded { .. } => ErrorSource::Caller,
-            GatewayError::UpstreamUnreachable(_)
+            GatewayError::UpstreamBusy { .. }
+            | GatewayError::UpstreamUnreachable(_)
             | GatewayError::BadUpstreamSignature { .. }
             | GatewayError::UpstreamResponseTooLarge { .. }
             | GatewayError::BadUpstreamResponse(_)
@@ -152,7 +159,9 @@ impl GatewayError {
     /// The `Retry-After` seconds this refusal tells the caller to wait, if any.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            GatewayError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            GatewayError::RateLimited { retry_after_secs } | GatewayError::UpstreamBusy { retry_after_secs } => {
+                Some(*retry_after_secs)
+            }
             _ => None,
         }
     }
@@ -181,6 +190,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => (413, 41301, "body_too_large"),
             GatewayError::RateLimited { .. } => (429, 42901, "rate_limited"),
             GatewayError::Overloaded { .. } => (429, 42902, "overloaded"),
+            GatewayError::UpstreamBusy { .. } => (429, 42903, "upstream_busy"),
             GatewayError::UpstreamUnreachable(_) => (502, 50201, "upstream_unreachable"),
             GatewayError::BadUpstreamSignature { .. } => (502, 50202, "bad_upstream_signature"),
             GatewayError::UpstreamResponseTooLarge { .. } => (502, 50203, "upstream_response_too_large"),
@@ -268,6 +278,7 @@ mod tests {
             GatewayError::BodyTooLarge { limit: 1 },
             GatewayError::RateLimited { retry_after_secs: 1 },
             GatewayError::Overloaded { limit: 1 },
+            GatewayError::UpstreamBusy { retry_after_secs: 1 },
             GatewayError::UpstreamUnreachable("refused".into()),
             GatewayError::BadUpstreamSignature { failure: VerifyFailure::SignatureMismatch, upstream_status: 200 },
             GatewayError::UpstreamResponseTooLarge { limit: 1 },
@@ -289,6 +300,7 @@ mod tests {
                 (413, 41301, "body_too_large"),
                 (429, 42901, "rate_limited"),
                 (429, 42902, "overloaded"),
+                (429, 42903, "upstream_busy"),
                 (502, 50201, "upstream_unreachable"),
                 (502, 50202, "bad_upstream_signature"),
                 (502, 50203, "upstream_response_too_large"),
@@ -333,7 +345,9 @@ mod tests {
     #[test]
     fn every_error_says_whose_fault_it_is() {
         for e in every_variant() {
-            let expected = if e.status() < 500 { ErrorSource::Caller } else { ErrorSource::Upstream };
+            // A busy upstream refuses with 429 although it is not the caller's doing.
+            let upstream = e.status() >= 500 || e.kind() == "upstream_busy";
+            let expected = if upstream { ErrorSource::Upstream } else { ErrorSource::Caller };
             assert_eq!(e.source(), expected, "{e:?}");
         }
     }
@@ -346,12 +360,12 @@ mod tests {
     }
 
     #[test]
-    fn one_header_set_for_every_error_and_retry_after_only_when_rate_limited() {
+    fn one_header_set_for_every_error_and_retry_after_only_when_told_to_wait() {
         for e in every_variant() {
             let r = ErrorResponse::new(&e, "rid", 1);
             let names: Vec<_> = r.headers().into_iter().map(|(n, _)| n).collect();
             let mut expected = vec!["content-type", ERROR_KIND_HEADER, "x-request-id", "content-length"];
-            if matches!(e, GatewayError::RateLimited { .. }) {
+            if matches!(e, GatewayError::RateLimited { .. } | GatewayError::UpstreamBusy { .. }) {
                 expected.push("retry-after");
             }
             assert_eq!(names, expected, "{e:?}");

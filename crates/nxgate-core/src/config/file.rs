@@ -124,6 +124,46 @@ pub struct UpstreamFile {
     /// Limit on the whole upstream exchange.
     #[serde(default = "defaults::total_timeout_ms")]
     pub total_timeout_ms: u64,
+    /// What to do with a caller's `Content-Encoding: gzip` body.
+    #[serde(default)]
+    pub request_compression: RequestCompression,
+    /// Back-pressure after a busy answer; `null` disables it.
+    #[serde(default = "defaults::busy_backoff")]
+    pub busy_backoff: Option<BusyBackoffFile>,
+}
+
+/// `upstream.request_compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestCompression {
+    /// Decode a gzip body (bounded by `max_request_body_bytes`), sign and send the decoded
+    /// bytes with no `Content-Encoding` (the default: the signed bytes mean one thing).
+    #[default]
+    Decode,
+    /// Forward the compressed bytes, signed over them.
+    Passthrough,
+}
+
+impl RequestCompression {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestCompression::Decode => "decode",
+            RequestCompression::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// `upstream.busy_backoff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusyBackoffFile {
+    /// First period after a busy answer.
+    #[serde(default = "defaults::busy_initial_ms")]
+    pub initial_ms: u64,
+    /// Longest period.
+    #[serde(default = "defaults::busy_max_ms")]
+    pub max_ms: u64,
 }
 
 /// `limits:`.
@@ -260,6 +300,20 @@ pub struct TenantFile {
 
 /// Defaults, equal to the values shown in `conf/nxgate.yaml`.
 pub mod defaults {
+    use super::BusyBackoffFile;
+
+    /// `upstream.busy_backoff.initial_ms`.
+    pub fn busy_initial_ms() -> u64 {
+        1_000
+    }
+    /// `upstream.busy_backoff.max_ms`.
+    pub fn busy_max_ms() -> u64 {
+        30_000
+    }
+    /// `upstream.busy_backoff`.
+    pub fn busy_backoff() -> Option<BusyBackoffFile> {
+        Some(BusyBackoffFile { initial_ms: busy_initial_ms(), max_ms: busy_max_ms() })
+    }
     /// `upstream.connect_timeout_ms`.
     pub fn connect_timeout_ms() -> u64 {
         3_000

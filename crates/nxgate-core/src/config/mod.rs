@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use file::{FileConfig, TenantFile};
-pub use file::{OnRedisError, RateLimitKind, VerifyMode};
+pub use file::{OnRedisError, RateLimitKind, RequestCompression, VerifyMode};
+
+use crate::backoff::BackoffPolicy;
 
 use crate::secret::Secret;
 use crate::signing::Algorithm;
@@ -140,6 +142,10 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     /// Whole-exchange limit.
     pub total_timeout: Duration,
+    /// What happens to a caller's gzip body.
+    pub request_compression: RequestCompression,
+    /// Back-pressure after busy answers (`None`: off).
+    pub busy_backoff: Option<BackoffPolicy>,
 }
 
 /// One account the gateway signs for.
@@ -357,6 +363,14 @@ fn validate_upstream(u: &file::UpstreamFile, base: &Path, p: &mut Problems) -> O
     let connect_timeout = positive_ms("upstream.connect_timeout_ms", u.connect_timeout_ms, p);
     let read_timeout = positive_ms("upstream.read_timeout_ms", u.read_timeout_ms, p);
     let total_timeout = positive_ms("upstream.total_timeout_ms", u.total_timeout_ms, p);
+    let busy_backoff = u.busy_backoff.map(|b| {
+        let initial = positive_ms("upstream.busy_backoff.initial_ms", b.initial_ms, p);
+        let max = positive_ms("upstream.busy_backoff.max_ms", b.max_ms, p);
+        if b.max_ms < b.initial_ms {
+            p.add("upstream.busy_backoff.max_ms", "must be at least initial_ms");
+        }
+        BackoffPolicy { initial, max }
+    });
 
     let extra_roots = match &u.ca_file {
         None => Vec::new(),
@@ -407,6 +421,8 @@ fn validate_upstream(u: &file::UpstreamFile, base: &Path, p: &mut Problems) -> O
         connect_timeout,
         read_timeout,
         total_timeout,
+        request_compression: u.request_compression,
+        busy_backoff,
     })
 }
 

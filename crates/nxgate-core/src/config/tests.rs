@@ -136,6 +136,8 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(shipped.upstream.read_timeout, minimal.upstream.read_timeout);
     assert_eq!(shipped.upstream.total_timeout, minimal.upstream.total_timeout);
     assert_eq!(shipped.upstream.extra_roots, minimal.upstream.extra_roots);
+    assert_eq!(shipped.upstream.request_compression, minimal.upstream.request_compression);
+    assert_eq!(shipped.upstream.busy_backoff, minimal.upstream.busy_backoff);
     assert_eq!(shipped.max_request_body_bytes, minimal.max_request_body_bytes);
     assert_eq!(shipped.max_response_body_bytes, minimal.max_response_body_bytes);
     assert_eq!(shipped.request_header_timeout, minimal.request_header_timeout);
@@ -366,4 +368,27 @@ fn port_zero_may_appear_on_every_listener() {
     let c = load_text(&text).unwrap();
     assert_eq!(c.listen[0].port(), 0);
     assert_eq!(c.admin_listen.map(|a| a.port()), Some(0));
+}
+
+#[test]
+fn request_compression_and_busy_backoff_have_their_defaults_and_can_be_set() {
+    let c = load_text(MINIMAL).unwrap();
+    assert_eq!(c.upstream.request_compression, RequestCompression::Decode);
+    let policy = c.upstream.busy_backoff.expect("on by default");
+    assert_eq!((policy.initial, policy.max), (Duration::from_millis(1000), Duration::from_millis(30000)));
+    let up = |extra: &str| {
+        MINIMAL
+            .replace("  url: \"https://nxbot.nxcloud.com\"", &format!("  url: \"https://nxbot.nxcloud.com\"\n{extra}"))
+    };
+    let c = load_text(&up("  request_compression: \"passthrough\"\n  busy_backoff: null")).unwrap();
+    assert_eq!(c.upstream.request_compression, RequestCompression::Passthrough);
+    assert_eq!(c.upstream.busy_backoff, None);
+    let c = load_text(&up("  busy_backoff: { initial_ms: 250 }")).unwrap();
+    assert_eq!(c.upstream.busy_backoff.unwrap().max, Duration::from_millis(30000));
+    assert_problem(&up("  busy_backoff: { initial_ms: 5000, max_ms: 1000 }"), "upstream.busy_backoff.max_ms");
+    assert_problem(&up("  busy_backoff: { initial_ms: 0 }"), "upstream.busy_backoff.initial_ms");
+    let err = load_text(&up("  request_compression: \"gzip\"")).unwrap_err().to_string();
+    assert!(err.contains("request_compression") || err.contains("unknown variant"), "{err}");
+    let err = load_text(&up("  busy_backoff: { initial: 1 }")).unwrap_err().to_string();
+    assert!(err.contains("initial"), "{err}");
 }

@@ -94,21 +94,33 @@ async fn ping_one(g: &Generation, tenant: &Tenant) -> Result<String, String> {
     let request_id = signing::new_request_id();
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    let out = Outbound { method: &http::Method::POST, target: PING_PATH, headers: &headers };
+    let out = Outbound { method: &http::Method::POST, target: PING_PATH, headers: &headers, decoded: false };
     // ping's `data` is a required field (the vendor's ping page); NXCloud echoes it.
     let body = bytes::Bytes::from_static(br#"{"data":"nxgate ping"}"#);
     let mut report = ExchangeReport::default();
     let started = std::time::Instant::now();
-    let response = exchange::signed_exchange(g, tenant, &request_id, out, &body, VerifyMode::Enforce, &mut report)
-        .await
-        .map_err(|e| format!("{} ({}, requestID {request_id})", e, e.kind()))?;
+    let result = exchange::signed_exchange(g, tenant, &request_id, out, &body, VerifyMode::Enforce, &mut report).await;
+    let response = result.map_err(|e| {
+        // A refused answer may still say why NXCloud refused us (a wrong secret makes its
+        // answer unverifiable too): say that first, marked as unverified.
+        let clue = vendor_code_words(report.upstream_code, false).map(|w| format!("{w}; ")).unwrap_or_default();
+        format!("{clue}{} ({}, requestID {request_id})", e, e.kind())
+    })?;
     let status = response.header.status.as_u16();
-    let answer: serde_json::Value = serde_json::from_slice(&response.body)
-        .map_err(|_| format!("HTTP {status}, signed, but the body is not JSON (requestID {request_id})"))?;
-    if status != 200 || answer["code"] != 0 {
-        return Err(format!("HTTP {status}, code {}, msg {} (requestID {request_id})", answer["code"], answer["msg"]));
+    if status != 200 || report.upstream_code != Some(0) {
+        let words = vendor_code_words(report.upstream_code, true).unwrap_or_else(|| "no code in the answer".into());
+        return Err(format!("HTTP {status}, {words} (requestID {request_id})"));
     }
     Ok(format!("HTTP 200, code 0, verified, {} ms, requestID {request_id}", started.elapsed().as_millis()))
+}
+
+/// NXCloud's code in an operator's words: `NXCloud says code 6 (signature incorrect:
+/// check the tenant's secret)`.
+fn vendor_code_words(code: Option<i64>, verified: bool) -> Option<String> {
+    let code = code?;
+    let meaning = nxgate_core::vendor::lookup(code).map_or("not in the vendor's code table", |c| c.meaning);
+    let trust = if verified { "" } else { ", in an answer that failed verification" };
+    Some(format!("NXCloud says code {code} ({meaning}{trust})"))
 }
 
 /// `nxgate healthcheck`.

@@ -350,6 +350,8 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
             total_timeout: Duration::from_secs(5),
+            request_compression: Default::default(),
+            busy_backoff: None,
         })
     }
 

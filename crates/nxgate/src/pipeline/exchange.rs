@@ -6,7 +6,10 @@
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use pingora::http::RequestHeader;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use nxgate_core::clock::now_unix;
+use nxgate_core::vendor;
 
 use crate::net::upstream::UpstreamResponse;
 use crate::runtime::generation::Generation;
@@ -59,6 +62,8 @@ pub struct Outbound<'a> {
     pub target: &'a str,
     /// The caller's headers (filtered here before sending).
     pub headers: &'a HeaderMap,
+    /// The body was decoded from the caller's `Content-Encoding`: that header is not sent.
+    pub decoded: bool,
 }
 
 /// Facts about the exchange for logs and metrics, filled in as far as it got.
@@ -70,11 +75,12 @@ pub struct ExchangeReport {
     pub upstream_time: Option<Duration>,
     /// Verification result.
     pub verify: VerifyOutcome,
-}
-
-/// Unix time now.
-pub fn now_unix() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    /// The answer's top-level `code` / `retCode`, if it had one.
+    pub upstream_code: Option<i64>,
+    /// Whether that code came in an answer that verified (else it is only a clue).
+    pub code_verified: bool,
+    /// The answer's `Retry-After`, in seconds form.
+    pub retry_after: Option<Duration>,
 }
 
 /// Signs, sends and verifies one request for `tenant`.
@@ -103,6 +109,10 @@ pub async fn signed_exchange(
     report.upstream_time = Some(sent_at.elapsed());
     let response = result?;
     report.upstream_status = Some(response.header.status.as_u16());
+    // Read before verification so that even a refused answer says what NXCloud claims
+    // (for logs and metrics only; the caller never gets an unverified body).
+    report.upstream_code = vendor::read_code(&response.body);
+    report.retry_after = crate::pipeline::answers::retry_after(&response.header.headers);
 
     let verdict = check_response(g, tenant, &signed, &response, mode);
     report.verify = match &verdict {
@@ -110,6 +120,7 @@ pub async fn signed_exchange(
         Err(GatewayError::BadUpstreamSignature { failure, .. }) => VerifyOutcome::Refused(failure.reason()),
         Err(_) => VerifyOutcome::NotChecked,
     };
+    report.code_verified = report.verify == VerifyOutcome::Passed;
     verdict?;
     Ok(response)
 }
@@ -133,6 +144,9 @@ pub fn upstream_request(
     let mut h = RequestHeader::build(out.method.clone(), out.target.as_bytes(), Some(out.headers.len() + 7))
         .map_err(internal)?;
     for (name, value) in headers::forwardable_request_headers(out.headers) {
+        if out.decoded && name == http::header::CONTENT_ENCODING {
+            continue;
+        }
         h.append_header(name.clone(), value.clone()).map_err(internal)?;
     }
     h.insert_header(http::header::HOST, authority).map_err(internal)?;

@@ -12,6 +12,7 @@
 //! bytes on the wire is `error_reply`, through `errors::ErrorResponse` (whose header set
 //! the header-deadline answer in `net::downstream` shares).
 
+pub mod answers;
 pub mod exchange;
 
 use async_trait::async_trait;
@@ -29,8 +30,9 @@ use crate::runtime::lifecycle::{InFlight, Lifecycle};
 use crate::runtime::metrics::{Metrics, NO_TENANT};
 use exchange::{ExchangeReport, Outbound};
 use nxgate_core::clock::now_unix_ms;
-use nxgate_core::config::Tenant;
+use nxgate_core::config::{RequestCompression, Tenant};
 use nxgate_core::errors::{ErrorResponse, ErrorSource, GatewayError, UpstreamFailure};
+use nxgate_core::gzip::{self, GzipError};
 use nxgate_core::headers::{self, REQUEST_ID_HEADER};
 use nxgate_core::routes;
 use nxgate_core::signing;
@@ -216,6 +218,8 @@ impl ProxyHttp for NxGate {
             path = req.uri.path(),
             status = ctx.status,
             upstream_status = ctx.exchange.upstream_status,
+            upstream_code = ctx.exchange.upstream_code,
+            upstream_code_verified = ctx.exchange.upstream_code.map(|_| ctx.exchange.code_verified),
             duration_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
             upstream_ms = ctx.exchange.upstream_time.map(|d| d.as_secs_f64() * 1e3),
             bytes_in = ctx.bytes_in,
@@ -242,7 +246,11 @@ async fn handle(
     ctx.tenant_gauge = Some(GaugeGuard::new(metrics.in_flight.with_label_values(&[&tenant.name])));
     let target = route(g, session.req_header())?;
     let declared = check_framing(g, session)?;
-    if let Err(refused) = admit(g, &tenant, ctx).await {
+    let admitted = match admit(g, &tenant, ctx).await {
+        Ok(()) => answers::admit(&g.config, &g.answers, &tenant, now_unix_ms()),
+        Err(refused) => Err(refused),
+    };
+    if let Err(refused) = admitted {
         // A limited caller retries: read its body (bounded as always) so its keep-alive
         // connection survives the 429 instead of being closed with an unread body.
         if !expects_continue(session) {
@@ -252,13 +260,15 @@ async fn handle(
     }
     let body = read_body(g, session, declared).await?;
     ctx.bytes_in = body.len();
+    let (body, decoded) = decode_body(g, session.req_header(), body)?;
 
     let req = session.req_header();
-    let out = Outbound { method: &req.method, target: &target, headers: &req.headers };
-    let response =
+    let out = Outbound { method: &req.method, target: &target, headers: &req.headers, decoded };
+    let result =
         exchange::signed_exchange(g, &tenant, &ctx.request_id, out, &body, g.config.verify_mode, &mut ctx.exchange)
-            .await?;
-    Ok(caller_reply(response, &ctx.request_id))
+            .await;
+    answers::observe(&g.config, &g.answers, metrics, &tenant, &ctx.exchange, now_unix_ms());
+    Ok(caller_reply(result?, &ctx.request_id))
 }
 
 /// Step 1: the tenant this caller is entitled to.
@@ -371,6 +381,34 @@ async fn read_body(g: &Generation, session: &mut Session, declared: Option<usize
         session.as_downstream_mut().set_close_on_response_before_downstream_finish(true);
     }
     result
+}
+
+/// Step 5b: with `upstream.request_compression: "decode"`, a gzip body is inflated (never
+/// past `max_request_body_bytes`) so that what is signed and sent is the decoded bytes,
+/// whose meaning the vendor's rule is clear about. Returns the body and whether it was
+/// decoded.
+fn decode_body(g: &Generation, req: &RequestHeader, body: Bytes) -> Result<(Bytes, bool), GatewayError> {
+    if g.config.upstream.request_compression == RequestCompression::Passthrough {
+        return Ok((body, false));
+    }
+    let mut encodings = req.headers.get_all(http::header::CONTENT_ENCODING).iter();
+    let Some(value) = encodings.next() else { return Ok((body, false)) };
+    let single = encodings.next().is_none();
+    let name = value.to_str().unwrap_or("").trim();
+    if single && name.eq_ignore_ascii_case("identity") {
+        return Ok((body, false));
+    }
+    if !single || !(name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip")) {
+        return Err(GatewayError::BadRequest(
+            "Content-Encoding other than gzip cannot be decoded (upstream.request_compression is \"decode\")".into(),
+        ));
+    }
+    let limit = g.config.max_request_body_bytes;
+    match gzip::decode_bounded(&body, limit) {
+        Ok(decoded) => Ok((Bytes::from(decoded), true)),
+        Err(GzipError::TooLarge { limit }) => Err(GatewayError::BodyTooLarge { limit }),
+        Err(e @ GzipError::Corrupt(_)) => Err(GatewayError::BadRequest(e.to_string())),
+    }
 }
 
 fn expects_continue(session: &Session) -> bool {

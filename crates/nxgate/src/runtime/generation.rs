@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 
 use crate::net::upstream::Upstream;
+use crate::pipeline::answers::Answers;
 use crate::ratelimit::Admission;
 use crate::runtime::metrics::Metrics;
 use nxgate_core::config::GatewayConfig;
@@ -24,6 +25,8 @@ pub struct Generation {
     pub upstream: Upstream,
     /// Per-tenant rate limits and concurrency caps.
     pub admission: Admission,
+    /// Per-tenant memory of NXCloud's answers (busy back-off, credential alarms).
+    pub answers: Answers,
 }
 
 impl Generation {
@@ -37,8 +40,12 @@ impl Generation {
     pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Option<Arc<Metrics>>) -> Self {
         let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
         let upstream = Upstream::new(config.upstream.clone());
+        if let Some(m) = &metrics {
+            m.register_tenants(config.tenants.iter().map(|t| t.name.as_str()));
+        }
         let admission = Admission::new(&config, previous.map(|p| &p.admission), metrics);
-        Generation { config, tenants, upstream, admission }
+        let answers = Answers::new(&config, previous.map(|p| &p.answers));
+        Generation { config, tenants, upstream, admission, answers }
     }
 }
 

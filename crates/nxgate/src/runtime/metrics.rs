@@ -43,6 +43,13 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `nxgate_draining`: 1 while shutting down.
     pub draining: IntGauge,
+    /// `nxgate_upstream_codes_total{tenant,code}`: NXCloud's `code`/`retCode` (the vendor's
+    /// table, else `other`), including codes of answers that failed verification.
+    pub upstream_codes: IntCounterVec,
+    /// `nxgate_upstream_busy_total{tenant}`: busy answers (code 7, HTTP 429 or 503).
+    pub upstream_busy: IntCounterVec,
+    /// `nxgate_upstream_backoff_tenants`: tenants backing off after a busy answer now.
+    pub backoff_tenants: IntGauge,
 }
 
 impl Metrics {
@@ -104,6 +111,17 @@ impl Metrics {
         let draining =
             IntGauge::new("nxgate_draining", "1 while the gateway drains for shutdown.").expect("valid metric");
         registry.register(Box::new(draining.clone())).expect("unique metric");
+        let upstream_codes = counter(
+            "nxgate_upstream_codes_total",
+            "NXCloud answer codes (code/retCode) by tenant; other = not in the vendor's table.",
+            &["tenant", "code"],
+        );
+        let upstream_busy =
+            counter("nxgate_upstream_busy_total", "Busy answers from NXCloud (code 7, HTTP 429/503).", &["tenant"]);
+        let backoff_tenants =
+            IntGauge::new("nxgate_upstream_backoff_tenants", "Tenants backing off now after NXCloud answered busy.")
+                .expect("valid metric");
+        registry.register(Box::new(backoff_tenants.clone())).expect("unique metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
@@ -115,6 +133,9 @@ impl Metrics {
             upstream_duration,
             verify_failures,
             rate_limited,
+            upstream_codes,
+            upstream_busy,
+            backoff_tenants,
             in_flight,
             upstream_errors,
             config_reloads,
@@ -122,6 +143,17 @@ impl Metrics {
             header_timeouts,
             build_info,
             draining,
+        }
+    }
+
+    /// Creates every labelled series the config's tenants can have at zero, so a fresh
+    /// gateway exports them from the first scrape (a missing series breaks `rate()`).
+    pub fn register_tenants<'a>(&self, tenants: impl Iterator<Item = &'a str>) {
+        for tenant in tenants {
+            for code in nxgate_core::vendor::all_labels() {
+                self.upstream_codes.with_label_values(&[tenant, code]);
+            }
+            self.upstream_busy.with_label_values(&[tenant]);
         }
     }
 
