@@ -334,3 +334,23 @@ fn a_small_gzip_that_inflates_past_the_limit_is_413_and_a_corrupt_one_is_400() {
     assert_gateway_error(&r, 400, 40001, "bad_request");
     assert_eq!(received(&emu)["total"], 0, "none of them reached NXCloud");
 }
+
+#[test]
+fn an_export_asked_for_with_accept_encoding_gzip_succeeds_in_both_emulator_modes() {
+    for mode in [GzipSign::Decoded, GzipSign::Wire] {
+        let (_emu, gw) = gzip_world(mode, "decode");
+        let plain = import_body();
+        assert_eq!(post_gzip(&gw, &gzip(&plain)).json()["retCode"], 0);
+        let auth = format!("Bearer {KEY_A}");
+        let r = gw.post(
+            "/callcentre/api/v3/exportBatchCall",
+            &[("authorization", &auth), ("accept-encoding", "gzip")],
+            br#"{"productID":"callbot","userTaskID":"t-gz"}"#,
+        );
+        // nxgate asks NXCloud for identity, so the answer it verified is the one it sends.
+        assert_eq!(r.header("content-encoding"), None, "{mode:?}");
+        let v = r.json();
+        assert_eq!(v["retCode"], 0, "{mode:?}: {v}");
+        assert_eq!(v.to_string().matches("gz-").count(), 20, "{mode:?}: every imported order is listed: {v}");
+    }
+}
