@@ -6,7 +6,8 @@
 //! `verify` (check the answer), `errors` (the refusal contract and its one wire
 //! rendering). `config` turns the file format into the validated model the gateway runs
 //! on; `secret` holds key material; `clock` is the one wall clock. For NXCloud's own
-//! answers: `vendor` (its codes), `backoff` (after "busy"), `gzip` (bounded decoding).
+//! answers: `vendor` (its codes), `backoff` (after "busy"), `gzip` (bounded decoding);
+//! `replay` decides whether a failed upstream attempt may be sent again.
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod errors;
 pub mod gzip;
 pub mod headers;
+pub mod replay;
 pub mod routes;
 pub mod secret;
 pub mod signing;

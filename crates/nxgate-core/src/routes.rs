@@ -13,6 +13,15 @@ pub fn is_allowed(path: &str, allow_prefixes: &[String]) -> bool {
     is_plain(path) && allow_prefixes.iter().any(|p| path.starts_with(p.as_str()))
 }
 
+/// Whether the request to `target` (a path, with or without its `?query`) is listed in
+/// `idempotent_paths`, so that it may be sent again after it was written upstream (see
+/// `replay`). The path must equal a listed one exactly: the query never counts, because
+/// the same endpoint is just as idempotent (or not) with any parameters.
+pub fn is_idempotent(target: &str, idempotent_paths: &[String]) -> bool {
+    let path = target.split_once('?').map_or(target, |(path, _query)| path);
+    idempotent_paths.iter().any(|p| p == path)
+}
+
 // Runs on every request, so it works on bytes and allocates nothing; the reference
 // implementation in the tests (the former string version) pins that the rules are the same.
 fn is_plain(path: &str) -> bool {
@@ -87,6 +96,20 @@ mod tests {
 
     fn allow() -> Vec<String> {
         vec!["/callcentre/".into()]
+    }
+
+    #[test]
+    fn idempotent_paths_match_the_whole_path_without_the_query() {
+        let listed = vec!["/callcentre/api/v3/ping".to_owned(), "/callcentre/api/v3/listTask".to_owned()];
+        assert!(is_idempotent("/callcentre/api/v3/ping", &listed));
+        assert!(is_idempotent("/callcentre/api/v3/listTask?page=2&size=10", &listed));
+        assert!(is_idempotent("/callcentre/api/v3/ping?", &listed));
+        // Not a prefix match, and letter case counts (the upstream's paths are case-sensitive).
+        assert!(!is_idempotent("/callcentre/api/v3/ping/x", &listed));
+        assert!(!is_idempotent("/callcentre/api/v3/pin", &listed));
+        assert!(!is_idempotent("/callcentre/api/v3/PING", &listed));
+        assert!(!is_idempotent("/callcentre/api/v3/createAndCall?x=/callcentre/api/v3/ping", &listed));
+        assert!(!is_idempotent("/callcentre/api/v3/ping", &[]));
     }
 
     #[test]

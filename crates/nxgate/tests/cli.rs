@@ -31,6 +31,8 @@ fn check_accepts_a_valid_config_and_prints_a_summary_without_secrets() {
         stdout.contains("tenant-a") && stdout.contains("env NXGATE_TEST_SECRET_A") && stdout.contains("config OK"),
         "{stdout}"
     );
+    // Which calls may reach NXCloud twice is part of what a reviewer must see.
+    assert!(stdout.contains("sent again after a broken connection: /callcentre/api/v3/ping, "), "{stdout}");
     for s in NEVER_LOGGED {
         assert!(!stdout.contains(s));
     }

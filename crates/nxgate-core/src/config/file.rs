@@ -258,11 +258,15 @@ pub struct RoutesFile {
     /// Path prefixes that may be proxied; anything else is 404.
     #[serde(default = "defaults::allow_prefixes")]
     pub allow_prefixes: Vec<String>,
+    /// Full paths (no query) whose requests may be sent upstream again after they were
+    /// written; every other request is sent at most once.
+    #[serde(default = "defaults::idempotent_paths")]
+    pub idempotent_paths: Vec<String>,
 }
 
 impl Default for RoutesFile {
     fn default() -> Self {
-        RoutesFile { allow_prefixes: defaults::allow_prefixes() }
+        RoutesFile { allow_prefixes: defaults::allow_prefixes(), idempotent_paths: defaults::idempotent_paths() }
     }
 }
 
@@ -357,5 +361,18 @@ pub mod defaults {
     /// `routes.allow_prefixes`.
     pub fn allow_prefixes() -> Vec<String> {
         vec!["/callcentre/".to_owned()]
+    }
+    /// `routes.idempotent_paths`: the read-only endpoints. Every other endpoint of the v3
+    /// API creates, changes or stops tasks and calls.
+    pub fn idempotent_paths() -> Vec<String> {
+        [
+            "/callcentre/api/v3/ping",
+            "/callcentre/api/v3/listTask",
+            "/callcentre/api/v3/listOrder",
+            "/callcentre/api/v3/listCall",
+            "/callcentre/api/v3/listOrderDetail",
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 }

@@ -90,6 +90,9 @@ pub struct GatewayConfig {
     pub max_clock_skew_secs: u64,
     /// Allowed path prefixes.
     pub allow_prefixes: Vec<String>,
+    /// Paths (without query) whose requests may be sent again after being written
+    /// upstream; see `routes::is_idempotent` and `replay`.
+    pub idempotent_paths: Vec<String>,
     /// Tenants in file order.
     pub tenants: Vec<Tenant>,
     /// Index into `tenants` of the default tenant.
@@ -263,6 +266,16 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
             p.add(format!("routes.allow_prefixes[{i}]"), "must not contain dot segments or percent-encoding");
         }
     }
+    for (i, path) in file.routes.idempotent_paths.iter().enumerate() {
+        if !path.starts_with('/') {
+            p.add(format!("routes.idempotent_paths[{i}]"), format!("{path:?} must be a full path starting with '/'"));
+        } else if path.contains('?') {
+            p.add(
+                format!("routes.idempotent_paths[{i}]"),
+                format!("{path:?} must not contain a query: a request's path is matched without its query"),
+            );
+        }
+    }
 
     let tenants = validate_tenants(&file.tenants, base, env, &mut p);
 
@@ -337,6 +350,7 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
         verify_mode: file.verify.mode,
         max_clock_skew_secs: file.verify.max_clock_skew_secs,
         allow_prefixes: file.routes.allow_prefixes,
+        idempotent_paths: file.routes.idempotent_paths,
         tenants,
         default_tenant,
     })

@@ -117,6 +117,35 @@ fn request_header_timeout_is_read_and_must_be_positive() {
 }
 
 #[test]
+fn idempotent_paths_default_to_the_read_only_endpoints() {
+    let c = load_text(MINIMAL).unwrap();
+    let expected = ["ping", "listTask", "listOrder", "listCall", "listOrderDetail"]
+        .map(|name| format!("/callcentre/api/v3/{name}"))
+        .to_vec();
+    assert_eq!(c.idempotent_paths, expected);
+}
+
+#[test]
+fn idempotent_paths_are_read_and_may_be_empty() {
+    let c = load_text(&format!("{MINIMAL}routes: {{ idempotent_paths: [\"/callcentre/api/v3/ping\"] }}\n")).unwrap();
+    assert_eq!(c.idempotent_paths, ["/callcentre/api/v3/ping"]);
+    // Setting the key does not reset its sibling to anything but its default.
+    assert_eq!(c.allow_prefixes, ["/callcentre/"]);
+    let c = load_text(&format!("{MINIMAL}routes: {{ idempotent_paths: [] }}\n")).unwrap();
+    assert!(c.idempotent_paths.is_empty());
+}
+
+#[test]
+fn an_idempotent_path_must_be_a_full_path_without_a_query() {
+    let ps = problems(&format!(
+        "{MINIMAL}routes: {{ idempotent_paths: [\"/ok\", \"callcentre/api/v3/ping\", \"/callcentre/api/v3/listTask?page=1\"] }}\n"
+    ));
+    assert!(ps.iter().any(|p| p.contains("routes.idempotent_paths[1]") && p.contains("starting with '/'")), "{ps:#?}");
+    assert!(ps.iter().any(|p| p.contains("routes.idempotent_paths[2]") && p.contains("query")), "{ps:#?}");
+    assert!(!ps.iter().any(|p| p.contains("routes.idempotent_paths[0]")), "{ps:#?}");
+}
+
+#[test]
 fn admin_listen_is_validated_and_can_be_disabled() {
     assert_eq!(load_text(&format!("{MINIMAL}admin_listen: null\n")).unwrap().admin_listen, None);
     assert_problem(&format!("{MINIMAL}admin_listen: \"nowhere\"\n"), "admin_listen");
@@ -144,6 +173,7 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(shipped.verify_mode, minimal.verify_mode);
     assert_eq!(shipped.max_clock_skew_secs, minimal.max_clock_skew_secs);
     assert_eq!(shipped.allow_prefixes, minimal.allow_prefixes);
+    assert_eq!(shipped.idempotent_paths, minimal.idempotent_paths);
     assert_eq!(shipped.default_tenant, minimal.default_tenant);
     assert_eq!(shipped.tenants[0].algorithm, minimal.tenants[0].algorithm);
     assert_eq!(shipped.tenants[0].rate_limit, minimal.tenants[0].rate_limit);

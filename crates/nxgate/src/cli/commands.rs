@@ -168,6 +168,9 @@ pub fn summary(c: &GatewayConfig) -> String {
         c.max_clock_skew_secs,
         c.allow_prefixes.join(", ")
     ));
+    // Says which calls may reach NXCloud twice, so a reviewer of the config sees it.
+    let idempotent = if c.idempotent_paths.is_empty() { "none".to_owned() } else { c.idempotent_paths.join(", ") };
+    out.push_str(&format!("sent again after a broken connection: {idempotent}\n"));
     out.push_str(&format!(
         "limits: request body {} B, response body {} B, request header within {} ms\n",
         c.max_request_body_bytes,

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use nxgate_core::config::UpstreamConfig;
 use nxgate_core::errors::GatewayError;
+use nxgate_core::replay::{self, AttemptStage, Connection, Idempotency, Retry};
 
 /// How long an idle pooled upstream connection is kept: below the 60 s idle timeout
 /// common to HTTP servers, so we close first and rarely race a server-side close.
@@ -78,33 +79,28 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
-/// Which step of the exchange an error happened in; decides its class and whether a
-/// retry on a fresh connection is safe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Send,
-    ResponseHeader,
-    ResponseBody,
-}
-
+/// A failed attempt: how far it got (which decides whether it may be retried, see
+/// `nxgate_core::replay`) and what went wrong.
 struct Failure {
-    phase: Phase,
+    stage: AttemptStage,
     error: UpstreamError,
 }
 
-fn classify(phase: Phase, e: &Error) -> UpstreamError {
+fn classify(stage: AttemptStage, e: &Error) -> UpstreamError {
     use ErrorType::*;
-    let what = match phase {
-        Phase::Send => "sending the request",
-        Phase::ResponseHeader => "reading the response header",
-        Phase::ResponseBody => "reading the response body",
+    let what = match stage {
+        AttemptStage::Connect => "connect",
+        AttemptStage::BeforeWrite => "writing the request header",
+        AttemptStage::Sending => "sending the request body",
+        AttemptStage::AwaitingResponse => "reading the response header",
+        AttemptStage::ReadingResponse => "reading the response body",
     };
     let msg = format!("{what}: {}", e.etype().as_str());
     match e.etype() {
         ConnectTimedout | TLSHandshakeTimedout => UpstreamError::Timeout(format!("connect: {}", e.etype().as_str())),
         ReadTimedout | WriteTimedout => UpstreamError::Timeout(msg),
         InvalidHTTPHeader | H1Error => UpstreamError::Malformed(msg),
-        _ if phase == Phase::ResponseBody => UpstreamError::Malformed(format!("truncated response ({msg})")),
+        _ if stage == AttemptStage::ReadingResponse => UpstreamError::Malformed(format!("truncated response ({msg})")),
         _ => UpstreamError::Unreachable(msg),
     }
 }
@@ -144,14 +140,17 @@ impl Upstream {
     /// `header` is called once per attempt and must return every header to send, including
     /// `Content-Length`, the same each time. The session consumes the header it writes, so
     /// the common single attempt builds one and copies none; only a retry builds a second.
+    /// `idempotency` says whether the request may be sent again once it was written (see
+    /// `nxgate_core::replay`).
     pub async fn send(
         &self,
         header: impl FnMut() -> RequestHeader,
         body: &Bytes,
         max_body: usize,
+        idempotency: Idempotency,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let total = self.cfg.total_timeout;
-        match tokio::time::timeout(total, self.send_with_retry(header, body, max_body)).await {
+        match tokio::time::timeout(total, self.send_with_retry(header, body, max_body, idempotency)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout(format!("no complete response within {} ms", total.as_millis()))),
         }
@@ -162,32 +161,48 @@ impl Upstream {
         mut header: impl FnMut() -> RequestHeader,
         body: &Bytes,
         max_body: usize,
+        idempotency: Idempotency,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let cached = self.peer().await?;
         let peer = &cached.1;
         let mut retried = false;
         loop {
+            // A connect failure is never retried (`replay::after_failure` says so for
+            // `Connect`): only a fresh connection connects, and it failing is the answer.
             let (mut session, reused) = self.connector.get_http_session(peer).await.map_err(|e| connect_error(&e))?;
             session.set_read_timeout(Some(self.cfg.read_timeout));
             session.set_write_timeout(Some(self.cfg.read_timeout));
-            match exchange(&mut session, header(), body, max_body).await {
+            let failure = match exchange(&mut session, header(), body, max_body).await {
                 Ok(response) => {
                     self.connector.release_http_session(session, peer, peer.idle_timeout()).await;
                     return Ok(response);
                 }
-                // A pooled connection the server closed while idle fails before any response
-                // byte. Like Pingora's own proxy, retry such a failure once on a fresh
-                // connection; the same signed request (same requestID) is sent again.
-                Err(f)
-                    if reused
-                        && !retried
-                        && f.phase != Phase::ResponseBody
-                        && matches!(f.error, UpstreamError::Unreachable(_)) =>
-                {
+                Err(f) => f,
+            };
+            let connection = if reused { Connection::Reused } else { Connection::Fresh };
+            // Only a broken connection (reset, closed) is what a pooled connection the server
+            // dropped looks like; a timeout or a garbled answer is the upstream's doing, and a
+            // second attempt would only double the wait or the damage.
+            let broken = matches!(failure.error, UpstreamError::Unreachable(_));
+            match (retried, broken, replay::after_failure(failure.stage, connection, idempotency)) {
+                (false, true, Retry::Once) => {
+                    // The same signed request (same requestID) goes out once more, on a new
+                    // connection.
                     retried = true;
-                    tracing::debug!(error = %f.error, "pooled upstream connection failed; retrying on a new one");
+                    tracing::debug!(error = %failure.error, stage = ?failure.stage, "pooled upstream connection failed; retrying on a new one");
                 }
-                Err(f) => return Err(f.error),
+                (false, true, Retry::Never) if reused => {
+                    // Worth a line: the caller gets a 502 that a retry might have avoided, and
+                    // the operator should see that it was refused on purpose.
+                    tracing::info!(
+                        error = %failure.error,
+                        stage = ?failure.stage,
+                        "pooled upstream connection failed after the request was written; not sent again \
+                         because its path is not in routes.idempotent_paths"
+                    );
+                    return Err(failure.error);
+                }
+                _ => return Err(failure.error),
             }
         }
     }
@@ -228,22 +243,28 @@ async fn exchange(
     body: &Bytes,
     max_body: usize,
 ) -> Result<UpstreamResponse, Failure> {
-    let fail = |phase| move |e: Box<Error>| Failure { phase, error: classify(phase, &e) };
+    let fail = |stage| move |e: Box<Error>| Failure { stage, error: classify(stage, &e) };
     let head = header.method == http::Method::HEAD;
-    s.write_request_header(Box::new(header)).await.map_err(fail(Phase::Send))?;
+    // The line between "nothing written" and "written" (docs/pingora.md §4): Pingora's
+    // `write_request_header` writes the whole header with one `write_all` plus a flush
+    // straight to the socket (the connector's stream has no write buffer) and records the
+    // request as written only when both succeed. So an error here means the server never
+    // got a complete request header; once it returns `Ok`, the bytes are in the kernel and
+    // may be on the wire, and the request counts as written even though the body is not.
+    s.write_request_header(Box::new(header)).await.map_err(fail(AttemptStage::BeforeWrite))?;
     if !body.is_empty() {
-        s.write_request_body(body.clone(), true).await.map_err(fail(Phase::Send))?;
+        s.write_request_body(body.clone(), true).await.map_err(fail(AttemptStage::Sending))?;
     }
-    s.finish_request_body().await.map_err(fail(Phase::Send))?;
+    s.finish_request_body().await.map_err(fail(AttemptStage::Sending))?;
 
     // Interim 1xx answers are skipped; the final header follows on the same stream.
     let header = loop {
-        s.read_response_header().await.map_err(fail(Phase::ResponseHeader))?;
+        s.read_response_header().await.map_err(fail(AttemptStage::AwaitingResponse))?;
         let h = s.response_header().expect("a header was just read");
         if h.status.is_informational() {
             if h.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 return Err(Failure {
-                    phase: Phase::ResponseHeader,
+                    stage: AttemptStage::AwaitingResponse,
                     error: UpstreamError::Malformed("unexpected 101 Switching Protocols".into()),
                 });
             }
@@ -259,13 +280,19 @@ async fn exchange(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if !head && declared.is_some_and(|n| n > max_body as u64) {
-        return Err(Failure { phase: Phase::ResponseBody, error: UpstreamError::TooLarge { limit: max_body } });
+        return Err(Failure {
+            stage: AttemptStage::ReadingResponse,
+            error: UpstreamError::TooLarge { limit: max_body },
+        });
     }
 
     let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
-    while let Some(chunk) = s.read_response_body().await.map_err(fail(Phase::ResponseBody))? {
+    while let Some(chunk) = s.read_response_body().await.map_err(fail(AttemptStage::ReadingResponse))? {
         if buf.len() + chunk.len() > max_body {
-            return Err(Failure { phase: Phase::ResponseBody, error: UpstreamError::TooLarge { limit: max_body } });
+            return Err(Failure {
+                stage: AttemptStage::ReadingResponse,
+                error: UpstreamError::TooLarge { limit: max_body },
+            });
         }
         buf.extend_from_slice(&chunk);
     }
@@ -273,7 +300,7 @@ async fn exchange(
     let bodiless = head || matches!(header.status.as_u16(), 204 | 304);
     if !bodiless && declared.is_some_and(|n| n != buf.len() as u64) {
         return Err(Failure {
-            phase: Phase::ResponseBody,
+            stage: AttemptStage::ReadingResponse,
             error: UpstreamError::Malformed(format!(
                 "truncated response: Content-Length {} but {} bytes arrived",
                 declared.unwrap_or_default(),
@@ -308,17 +335,20 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A server that answers the first request on each connection and, when a second one
-    /// arrives on it, closes the connection unanswered: what a pooled connection whose
-    /// server timed it out looks like to the client.
-    fn one_answer_per_connection() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// has arrived whole on it, closes the connection unanswered: to the client, a pooled
+    /// connection that broke after the request was written. Counts connections and
+    /// complete requests received.
+    fn one_answer_per_connection() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
-        let count = connections.clone();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (conns, reqs) = (connections.clone(), requests.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
-                count.fetch_add(1, Ordering::SeqCst);
+                conns.fetch_add(1, Ordering::SeqCst);
+                let reqs = reqs.clone();
                 std::thread::spawn(move || {
                     for answer in [true, false] {
                         let mut req = Vec::new();
@@ -330,6 +360,7 @@ mod tests {
                                 Ok(n) => req.extend_from_slice(&chunk[..n]),
                             }
                         }
+                        reqs.fetch_add(1, Ordering::SeqCst);
                         if answer {
                             conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
                         }
@@ -337,7 +368,7 @@ mod tests {
                 });
             }
         });
-        (addr, connections)
+        (addr, connections, requests)
     }
 
     fn upstream(addr: SocketAddr) -> Upstream {
@@ -355,29 +386,54 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn one_attempt_builds_one_header_and_a_retry_builds_a_second() {
-        let (addr, connections) = one_answer_per_connection();
-        let up = upstream(addr);
-        let built = AtomicUsize::new(0);
-        let header = || {
+    /// A header builder for `POST /x` with a 2-byte body that counts how often it is called.
+    fn counted_header<'a>(up: &'a Upstream, built: &'a AtomicUsize) -> impl FnMut() -> RequestHeader + Copy + 'a {
+        move || {
             built.fetch_add(1, Ordering::SeqCst);
             let mut h = RequestHeader::build("POST", b"/x", None).unwrap();
             h.insert_header(http::header::HOST, up.authority()).unwrap();
             h.insert_header(http::header::CONTENT_LENGTH, "2").unwrap();
             h
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_written_idempotent_request_is_retried_once_and_only_the_retry_builds_a_second_header() {
+        let (addr, connections, requests) = one_answer_per_connection();
+        let up = upstream(addr);
+        let built = AtomicUsize::new(0);
+        let header = counted_header(&up, &built);
         let body = Bytes::from_static(b"hi");
 
-        let first = up.send(header, &body, 1024).await.expect("first exchange");
+        let first = up.send(header, &body, 1024, Idempotency::Idempotent).await.expect("first exchange");
         assert_eq!((first.header.status.as_u16(), &first.body[..]), (200, &b"ok"[..]));
         assert_eq!(built.load(Ordering::SeqCst), 1);
 
-        // The pooled connection is reused, fails before any response byte, and the same
-        // request is sent again on a new connection.
-        let second = up.send(header, &body, 1024).await.expect("retried exchange");
+        // The pooled connection is reused and breaks after the whole request was written;
+        // the path is idempotent, so the same request is sent again on a new connection.
+        let second = up.send(header, &body, 1024, Idempotency::Idempotent).await.expect("retried exchange");
         assert_eq!((second.header.status.as_u16(), &second.body[..]), (200, &b"ok"[..]));
         assert_eq!(built.load(Ordering::SeqCst), 3);
         assert_eq!(connections.load(Ordering::SeqCst), 2);
+        assert_eq!(requests.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_written_request_that_is_not_idempotent_is_never_sent_again() {
+        let (addr, connections, requests) = one_answer_per_connection();
+        let up = upstream(addr);
+        let built = AtomicUsize::new(0);
+        let header = counted_header(&up, &built);
+        let body = Bytes::from_static(b"hi");
+
+        up.send(header, &body, 1024, Idempotency::NotIdempotent).await.expect("first exchange");
+        // Same breakage as above, but the upstream may have acted on the request: the
+        // failure is reported and nothing is sent again.
+        let err = up.send(header, &body, 1024, Idempotency::NotIdempotent).await.expect_err("not retried");
+        assert!(matches!(err, UpstreamError::Unreachable(_)), "{err:?}");
+        assert!(err.to_string().contains("reading the response header"), "{err}");
+        assert_eq!(built.load(Ordering::SeqCst), 2);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 }

@@ -16,6 +16,8 @@ use crate::runtime::generation::Generation;
 use nxgate_core::config::{Tenant, VerifyMode};
 use nxgate_core::errors::GatewayError;
 use nxgate_core::headers;
+use nxgate_core::replay::Idempotency;
+use nxgate_core::routes;
 use nxgate_core::signing::{self, SignedHeaders};
 use nxgate_core::verify::{self, Expectation};
 
@@ -104,8 +106,15 @@ pub async fn signed_exchange(
         })
     };
 
+    // Sent again after it was written only if the endpoint is listed as idempotent: most
+    // of NXCloud's endpoints dial real people (nxgate_core::replay).
+    let idempotency = if routes::is_idempotent(out.target, &g.config.idempotent_paths) {
+        Idempotency::Idempotent
+    } else {
+        Idempotency::NotIdempotent
+    };
     let sent_at = Instant::now();
-    let result = g.upstream.send(header, body, g.config.max_response_body_bytes).await;
+    let result = g.upstream.send(header, body, g.config.max_response_body_bytes, idempotency).await;
     report.upstream_time = Some(sent_at.elapsed());
     let response = result?;
     report.upstream_status = Some(response.header.status.as_u16());
