@@ -18,7 +18,7 @@ cargo build --locked --workspace --all-targets
 # criterion bench binaries (run once each here, as a smoke test), which refuse it.
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-RUST_TEST_THREADS="${NXGATE_TEST_THREADS:-4}" cargo test --locked --workspace --exclude nxgate-fuzz --all-targets 2>&1 | tee "$log"
+RUST_TEST_THREADS="${NXGATE_TEST_THREADS:-4}" cargo test --locked --workspace --exclude nxgate-fuzz --all-targets --no-fail-fast 2>&1 | tee "$log"
 # Fuzz the parsers for a bounded time (NXGATE_FUZZ_SECS per target, default 60).
 bash scripts/fuzz.sh
 # One closing line for the whole cargo test run (the fuzzer's output comes after it).
