@@ -18,8 +18,14 @@ cargo build --locked --workspace --all-targets
 # criterion bench binaries (run once each here, as a smoke test), which refuse it.
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-RUST_TEST_THREADS="${NXGATE_TEST_THREADS:-4}" cargo test --locked --workspace --exclude nxgate-fuzz --all-targets --no-fail-fast 2>&1 | tee "$log"
+summary() { awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"; }
+status=0
+RUST_TEST_THREADS="${NXGATE_TEST_THREADS:-4}" cargo test --locked --workspace --exclude nxgate-fuzz --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
+if [ "$status" -ne 0 ]; then
+  summary
+  exit "$status"
+fi
 # Fuzz the parsers for a bounded time (NXGATE_FUZZ_SECS per target, default 60).
 bash scripts/fuzz.sh
 # One closing line for the whole cargo test run (the fuzzer's output comes after it).
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+summary
