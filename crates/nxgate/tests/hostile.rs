@@ -11,8 +11,7 @@
 mod common;
 
 use common::*;
-use nxgate_core::secret::Secret;
-use nxgate_core::signing::{self, Algorithm, SigningInput};
+use nxgate_testkit::refsign::{self, Digest};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -975,8 +974,10 @@ fn repeated_client_signature_headers_in_any_case_are_all_replaced_by_one_valid_s
     }
     let (id, ts) = (e.header("requestID").unwrap(), e.header("createTs").unwrap());
     assert_eq!(ex.responses[0].header("x-request-id"), Some(id.as_str()));
-    let input = SigningInput { body: &e.body(), create_ts: &ts, request_id: &id, uuid: UUID_A };
-    let expected = signing::sign(&Secret::new(SECRET_A.as_bytes().to_vec()), Algorithm::Md5, &input);
+    assert_eq!(e.header("uuid").as_deref(), Some(UUID_A));
+    assert_eq!(e.header("algorithm").as_deref(), Some("MD5"));
+    assert_eq!(e.body(), b"{}");
+    let expected = refsign::sign(Digest::Md5, SECRET_A.as_bytes(), b"{}", &ts, &id, UUID_A);
     assert_eq!(e.header("sign"), Some(expected));
     assert_eq!(rec.text().matches("spoofed").count(), 0);
     assert_still_serving(&mut gw);
