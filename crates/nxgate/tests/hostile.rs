@@ -13,88 +13,9 @@ mod common;
 use common::*;
 use nxgate_testkit::refsign::{self, Digest};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
-
-// ---- harness: a recording upstream relay ------------------------------------------------
-
-/// A TCP relay between the gateway and the emulator that keeps every byte the gateway
-/// sends upstream, so tests can see exactly what was forwarded (and what was not).
-struct Recorder {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<u8>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Recorder {
-    fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((down, _)) => {
-                        down.set_nonblocking(false).unwrap();
-                        let Ok(up) = TcpStream::connect(target) else { continue };
-                        pipe(down.try_clone().unwrap(), up.try_clone().unwrap(), Some(seen2.clone()));
-                        pipe(up, down, None);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
-                    Err(_) => break,
-                }
-            }
-        });
-        Recorder { addr, seen, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Everything the gateway sent upstream so far, as text (bodies here are ASCII).
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-
-    /// How many requests the gateway forwarded: each carries exactly one `requestID`.
-    fn forwarded(&self) -> usize {
-        self.text().matches("\r\nrequestID: ").count()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Copies `from` to `to` until either side closes; records the bytes if asked.
-fn pipe(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<u8>>>>) {
-    thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if let Some(r) = &record {
-                        r.lock().unwrap().extend_from_slice(&buf[..n]);
-                    }
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(Shutdown::Write);
-    });
-}
 
 /// An emulator, a recording relay in front of it, and a gateway pointed at the relay.
 /// Declared in this order so the gateway is killed first when the tuple is dropped.

@@ -34,9 +34,8 @@ fn healthz_and_readyz_answer_on_the_admin_port_only() {
 fn healthcheck_command_exits_0_on_200_and_1_otherwise() {
     let emu = Emulator::start();
     let gw = started(&emu);
-    let run = |url: String| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_nxgate")).args(["healthcheck", "--url", &url]).status().unwrap()
-    };
+    let run =
+        |url: String| std::process::Command::new(nxgate_bin()).args(["healthcheck", "--url", &url]).status().unwrap();
     assert!(run(format!("http://{}/healthz", gw.admin.unwrap())).success());
     assert!(!run(format!("http://{}/nope", gw.admin.unwrap())).success());
     let closed = client::ClosedPort::new().unwrap();
@@ -334,7 +333,7 @@ fn an_idle_gateway_exits_at_once_on_sigint() {
 // ---- ping ------------------------------------------------------------------------------
 
 fn ping_cmd(config: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_nxgate"))
+    std::process::Command::new(nxgate_bin())
         .args(["ping", "-c"])
         .arg(config)
         .args(extra)

@@ -53,7 +53,7 @@ fn a_trace_level_run_through_every_path_logs_no_secret_or_client_key() {
 #[test]
 fn help_output_has_no_secret() {
     for args in [vec!["--help"], vec!["run", "--help"], vec!["sign", "--help"], vec!["emulator", "--help"]] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nxgate"))
+        let out = std::process::Command::new(nxgate_bin())
             .args(&args)
             .env("NXGATE_TEST_SECRET_A", SECRET_A)
             .output()
