@@ -304,7 +304,8 @@ fn a_complete_request_shorter_than_the_h2_preface_is_answered_at_once() {
     assert!(req.len() < 24);
     let ex = exchange(gw.addr, req.to_vec(), false, WAIT);
     assert_eq!(ex.responses.len(), 1, "no answer within {:?}", ex.elapsed);
-    assert!(ex.responses[0].header("x-nxgate-error").is_some(), "expected nxgate's refusal (no key or route)");
+    // No client key: refused by nxgate's first check, authentication (before the route).
+    assert_gateway_error(&ex.responses[0], 401, 40101, "unauthenticated");
     // HTTP/1.0 without keep-alive: answered, then closed at once.
     assert_eq!(ex.end, End::Closed);
     assert!(ex.elapsed < Duration::from_secs(2), "{:?}", ex.elapsed);
@@ -513,7 +514,8 @@ fn raw_control_bytes_in_the_path_are_refused_not_forwarded_encoded() {
         );
         let ex = exchange(gw.addr, req, false, Duration::from_secs(2));
         assert_eq!(ex.responses.len(), 1, "byte {byte:#x}");
-        assert!(matches!(ex.responses[0].status, 400 | 404), "byte {byte:#x}: {}", ex.responses[0].status);
+        // Encoded (`%01`, `%1F`, `%7F`), the path is no allowed route.
+        assert_gateway_error(&ex.responses[0], 404, 40401, "route_not_allowed");
     }
     assert_eq!(rec.forwarded(), 0, "{}", rec.text());
     assert_still_serving(&mut gw);
@@ -556,9 +558,18 @@ fn a_content_length_larger_than_the_body_then_close_is_never_forwarded() {
             .unwrap();
         drop(s);
     }
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(rec.forwarded(), 0);
+    // Rather than sleeping and finding nothing: wait until the gateway has finished with
+    // every vanished request (each gets its access-log line), then look at the far side.
+    let deadline = Instant::now() + WAIT;
+    while gw.log().lines().filter(|l| l.contains("nxgate::access") && l.contains("/callcentre/vanished")).count() < 20 {
+        assert!(Instant::now() < deadline, "the gateway did not account for 20 vanished requests:\n{}", gw.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(rec.forwarded(), 0, "{}", rec.text());
     assert_still_serving(&mut gw);
+    // The positive control reached the far side through the same relay.
+    assert_eq!(rec.forwarded(), 1);
+    assert!(!rec.text().contains("vanished"));
 }
 
 #[test]
@@ -701,28 +712,24 @@ fn whitespace_before_a_header_colon_is_refused() {
 // ---- pipelining -------------------------------------------------------------------------------
 
 #[test]
-fn pipelined_requests_are_never_answered_out_of_order_or_mixed_up() {
-    // Three pings in one write. Whatever the gateway does with the 2nd and 3rd (answer
-    // them, or close after the 1st), every answer it gives must belong to the request in
-    // that position, each forwarded request must be answered, and an unanswered request
-    // must end in a close rather than a hang.
+fn pipelined_requests_get_exactly_the_first_answered_then_a_close() {
+    // Three pings in one write. The README documents what happens: only the first is
+    // answered (with its own data and request id), the connection then closes, and the
+    // 2nd and 3rd are neither answered nor forwarded.
     let (_emu, rec, mut gw) = hostile_gateway();
     let req = [ping_bytes("one"), ping_bytes("two"), ping_bytes("three")].concat();
     let ex = exchange(gw.addr, req.into_bytes(), false, Duration::from_secs(5));
-    assert!(!ex.responses.is_empty(), "not even the first pipelined request was answered");
+    assert_eq!(ex.responses.len(), 1, "expected exactly the first answered");
     assert!(ex.trailing.is_empty(), "a partial response: {:?}", String::from_utf8_lossy(&ex.trailing));
-    for (r, data) in ex.responses.iter().zip(["one", "two", "three"]) {
-        assert_eq!(r.status, 200);
-        let v = r.json();
-        assert_eq!(v["data"], data, "responses out of order");
-        assert_eq!(r.header("x-request-id"), v["reqId"].as_str(), "x-request-id of one request on another's body");
-    }
-    let ids: std::collections::HashSet<_> = ex.responses.iter().map(|r| r.header("x-request-id").unwrap()).collect();
-    assert_eq!(ids.len(), ex.responses.len());
-    assert_eq!(rec.forwarded(), ex.responses.len(), "a pipelined request was forwarded but not answered");
-    if ex.responses.len() < 3 {
-        assert_eq!(ex.end, End::Closed, "unanswered pipelined requests left the caller hanging");
-    }
+    let r = &ex.responses[0];
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["data"], "one");
+    assert_eq!(r.header("x-request-id"), v["reqId"].as_str(), "x-request-id of one request on another's body");
+    assert_eq!(ex.end, End::Closed, "the connection must close after the first answer");
+    assert_eq!(rec.forwarded(), 1, "{}", rec.text());
+    assert!(rec.text().contains(r#"{"data":"one"}"#) && !rec.text().contains(r#""data":"two""#));
+    assert!(!rec.text().contains(r#""data":"three""#));
     assert_still_serving(&mut gw);
 }
 
@@ -848,7 +855,7 @@ fn an_endless_h2c_continuation_flood_is_cut_off() {
     }
     let (frames, end) = h2_exchange(gw.addr, bytes, Duration::from_secs(20));
     assert_eq!(end, End::Closed, "frames: {frames:?}");
-    assert!(goaway_code(&frames).is_some_and(|c| c != 0), "expected a GOAWAY with an error: {frames:?}");
+    assert_eq!(goaway_code(&frames), Some(0xb), "expected a GOAWAY with ENHANCE_YOUR_CALM: {frames:?}");
     assert_eq!(rec.forwarded(), 0);
     assert_still_serving(&mut gw);
 }
@@ -1022,8 +1029,11 @@ fn a_target_that_is_not_origin_form_is_refused() {
         false,
         WAIT,
     );
+    // Refused by Pingora before nxgate's code runs: a bare 405, then a close.
     assert_eq!(ex.responses.len(), 1);
-    assert!(ex.responses[0].status >= 400, "{}", ex.responses[0].status);
+    assert_eq!(ex.responses[0].status, 405, "{}", String::from_utf8_lossy(&ex.responses[0].body));
+    assert_eq!(ex.responses[0].header("x-nxgate-error"), None);
+    assert!(ex.trailing.is_empty());
     assert_eq!(ex.end, End::Closed);
     assert_eq!(rec.forwarded(), 0);
     assert_still_serving(&mut gw);
