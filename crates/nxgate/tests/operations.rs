@@ -286,6 +286,35 @@ fn reload_picks_up_a_rotated_secret_file_via_admin_and_via_sighup() {
 }
 
 #[test]
+fn a_world_readable_secret_file_is_warned_about_on_reload_too() {
+    // tests/cli.rs covers `check`; the README says "at every load", so: a start with a
+    // private file warns nothing, a reload after `chmod o+r` warns once, naming the tenant.
+    use std::os::unix::fs::PermissionsExt;
+    const WARNING: &str = "secret_file is readable by every user on this host";
+    let emu = Emulator::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("a.secret");
+    std::fs::write(&secret, format!("{SECRET_A}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let gw = Gateway::start_yaml(&file_secret_yaml(&emu, any_port(), any_port(), &secret));
+    gw.wait_ready();
+    assert_eq!(gw.ping_a(&[], "private").json()["data"], "private");
+    assert_eq!(gw.log().matches(WARNING).count(), 0, "a 0600 secret_file was warned about");
+
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = gw.admin_post("/reload").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let log = gw.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(WARNING)).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains(" WARN ") && warnings[0].contains("tenant-a"), "{}", warnings[0]);
+    assert!(warnings[0].contains(&secret.display().to_string()), "the path is named: {}", warnings[0]);
+    // Still loaded (a warning, not a refusal).
+    assert_eq!(gw.metric(r#"nxgate_config_reloads_total{result="ok"}"#), 1.0);
+    assert_eq!(gw.ping_a(&[], "still").json()["data"], "still");
+}
+
+#[test]
 fn an_invalid_reload_is_refused_and_the_old_config_keeps_serving() {
     let emu = Emulator::start();
     let gw = started(&emu);

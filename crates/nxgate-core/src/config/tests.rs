@@ -253,6 +253,19 @@ fn secret_and_ca_files_must_be_small_regular_files() {
         )
     };
     assert_problem(&with_ca("/dev/zero"), "upstream.ca_file");
+    // The README's other two for ca_file: a FIFO (would hang the load) and over 4 MiB.
+    let ca_fifo = dir.path().join("ca-fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&ca_fifo).status().unwrap().success());
+    let ps = problems(&with_ca(&ca_fifo.display().to_string()));
+    assert!(ps.iter().any(|p| p.contains("upstream.ca_file") && p.contains("not a regular file")), "{ps:#?}");
+    let big_ca = dir.path().join("big-ca.pem");
+    std::fs::write(&big_ca, vec![b'a'; 4 * 1024 * 1024 + 1]).unwrap();
+    let ps = problems(&with_ca(&big_ca.display().to_string()));
+    assert!(ps.iter().any(|p| p.contains("upstream.ca_file") && p.contains("larger than")), "{ps:#?}");
+    // Exactly 4 MiB is within the limit: refused for its content (no certificate), not its size.
+    std::fs::write(&big_ca, vec![b'a'; 4 * 1024 * 1024]).unwrap();
+    let ps = problems(&with_ca(&big_ca.display().to_string()));
+    assert!(ps.iter().all(|p| !p.contains("larger than")), "{ps:#?}");
 }
 
 #[test]
