@@ -198,6 +198,8 @@ struct Trickled {
     end: End,
     /// From the start of the trickle to the close.
     elapsed: Duration,
+    /// When the close (or the limit) was seen.
+    closed_at: Instant,
 }
 
 /// Sends `pattern` one byte every 200 ms (cycling) on `s` until the gateway stops us or
@@ -214,12 +216,13 @@ fn trickle_until_closed(mut s: TcpStream, pattern: &'static [u8], limit: Duratio
         }
     });
     let (raw, end) = read_until_close(reader, started + limit);
-    let elapsed = started.elapsed();
+    let closed_at = Instant::now();
+    let elapsed = closed_at.duration_since(started);
     trickler.join().unwrap();
     let (responses, trailing) = parse_responses(&raw);
     assert!(trailing.is_empty(), "bytes after the response: {:?}", String::from_utf8_lossy(&trailing));
     assert_eq!(responses.len(), 1, "got {:?}", String::from_utf8_lossy(&raw));
-    Trickled { responses, raw, end, elapsed }
+    Trickled { responses, raw, end, elapsed, closed_at }
 }
 
 #[test]
@@ -246,6 +249,8 @@ fn a_header_trickled_past_the_header_deadline_gets_408_and_a_close() {
     // One byte every 200 ms never trips Pingora's per-read timeout; the whole-header
     // deadline (1.5 s here) must end it, with the documented 408 and a closed connection.
     let (_emu, rec, mut gw) = gateway_with_header_timeout(1500);
+    // The deadline counts from the connection, which cannot exist before connect() starts.
+    let connecting = Instant::now();
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_nodelay(true).unwrap();
     s.write_all(head("POST", "/callcentre/slow-header").as_bytes()).unwrap();
@@ -254,7 +259,11 @@ fn a_header_trickled_past_the_header_deadline_gets_408_and_a_close() {
     assert!(v["msg"].as_str().unwrap().contains("1500 ms"), "{v}");
     assert_eq!(t.responses[0].header("connection"), Some("close"));
     assert_eq!(t.end, End::Closed);
-    assert!(t.elapsed >= Duration::from_millis(1300) && t.elapsed < Duration::from_secs(4), "{:?}", t.elapsed);
+    // Never before the deadline (measured from before the connection existed: exact, no
+    // slack needed); after it, within 2.5 s on a loaded machine (the per-read timeout it
+    // must not depend on is 60 s).
+    let closed = t.closed_at.duration_since(connecting);
+    assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(4), "{closed:?}");
     assert_eq!(rec.forwarded(), 0, "a header that never completed was forwarded");
     assert_eq!(gw.metric("nxgate_request_header_timeouts_total"), 1.0);
     assert_still_serving(&mut gw);
@@ -323,10 +332,9 @@ fn a_caller_asking_for_close_or_speaking_http_1_0_gets_its_connection_closed_aft
         let ex = exchange(gw.addr, req.into_bytes(), false, Duration::from_secs(2));
         assert_eq!(ex.responses.len(), 1, "{data}");
         assert_eq!(ex.responses[0].json()["data"], data);
+        // Closed within the 2 s wait (not at the 60 s idle close) is the claim; how soon
+        // within it is not, so no tighter window on a loaded machine.
         assert_eq!(ex.end == End::Closed, closed, "{data}: closed after {:?}", ex.elapsed);
-        if closed {
-            assert!(ex.elapsed < Duration::from_secs(1), "{data}: closed only after {:?}", ex.elapsed);
-        }
     }
     assert_eq!(rec.forwarded(), 3);
     assert_still_serving(&mut gw);
@@ -363,8 +371,11 @@ fn slowly_trickled_headers_from_many_callers_are_served_and_do_not_block_others(
         thread::sleep(Duration::from_millis(20));
     }
     assert!(fast_answers.len() >= 2);
+    // A caller blocked behind the slow ones would wait for them, and they stall while we
+    // wait (this thread feeds them): until the 10 s header deadline cut them off. 5 s is
+    // far from that and generous for a loaded machine.
     for d in &fast_answers {
-        assert!(*d < Duration::from_secs(2), "an ordinary caller waited {d:?} behind slow ones");
+        assert!(*d < Duration::from_secs(5), "an ordinary caller waited {d:?} behind slow ones");
     }
     for (i, c) in conns.into_iter().enumerate() {
         let buf = read_one_response(c, Instant::now() + Duration::from_secs(5));
@@ -1014,14 +1025,12 @@ fn a_target_that_is_not_origin_form_is_refused() {
     );
     assert_gateway_error(&ex.responses[0], 404, 40401, "route_not_allowed");
     // Asterisk-form (OPTIONS *) is not a path at all.
-    let ex = exchange(
-        gw.addr,
-        format!("{}content-length: 0\r\n\r\n", head("OPTIONS", "*")).into_bytes(),
-        false,
-        Duration::from_secs(1),
-    );
-    assert_eq!(ex.responses.len(), 1);
-    assert_gateway_error(&ex.responses[0], 404, 40401, "route_not_allowed");
+    // (Read until one whole response, up to WAIT: the connection may stay open.)
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(format!("{}content-length: 0\r\n\r\n", head("OPTIONS", "*")).as_bytes()).unwrap();
+    let (responses, trailing) = parse_responses(&read_one_response(s, Instant::now() + WAIT));
+    assert_eq!(responses.len(), 1, "{trailing:?}");
+    assert_gateway_error(&responses[0], 404, 40401, "route_not_allowed");
     // CONNECT is refused outright.
     let ex = exchange(
         gw.addr,
