@@ -64,6 +64,9 @@ fn rate_limit_headers_are_on_every_response_of_a_limited_tenant_and_429_has_retr
     let mut opts = GatewayOptions::new(emu.url());
     opts.tenant_a_extra = "    rate_limit: { per_second: 1, burst: 2 }\n".into();
     let gw = Gateway::start(&opts);
+    // Exact values: 1/s is the slowest rate the config allows, and the three requests
+    // are milliseconds apart, so no token refills in between (a stall of over a second
+    // between two of them would show as r=1; not widened, it is the claim itself).
     let first = gw.ping_a(&[], "x");
     assert_eq!(first.status, 200);
     assert_eq!(first.header("ratelimit-policy"), Some("\"tenant\";q=2;w=2"));

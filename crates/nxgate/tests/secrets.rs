@@ -35,11 +35,15 @@ fn a_trace_level_run_through_every_path_logs_no_secret_or_client_key() {
     bodies.push(
         gw.post("/callcentre/x", &[("authorization", &format!("Bearer {KEY_A}")), ("sign", SECRET_A)], b"{}").body,
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The scan means something only if the log holds every request: one access line each
+    // (written after the answer, so wait for them rather than sleep).
+    let access = |log: &str| log.lines().filter(|l| l.contains("nxgate::access")).count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while access(&gw.log()) < bodies.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let log = gw.log();
-    // The scan means something only if the log holds every request: one access line each.
-    let access = log.lines().filter(|l| l.contains("nxgate::access")).count();
-    assert_eq!(access, bodies.len(), "access log lines vs requests sent");
+    assert_eq!(access(&log), bodies.len(), "access log lines vs requests sent");
     assert!(log.contains("DEBUG"), "the run was not verbose");
     assert_logs_clean(&log, &gw.log_path);
     for b in bodies {
