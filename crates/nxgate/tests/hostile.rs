@@ -11,91 +11,11 @@
 mod common;
 
 use common::*;
-use nxgate_core::secret::Secret;
-use nxgate_core::signing::{self, Algorithm, SigningInput};
+use nxgate_testkit::refsign::{self, Digest};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
-
-// ---- harness: a recording upstream relay ------------------------------------------------
-
-/// A TCP relay between the gateway and the emulator that keeps every byte the gateway
-/// sends upstream, so tests can see exactly what was forwarded (and what was not).
-struct Recorder {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<u8>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Recorder {
-    fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((down, _)) => {
-                        down.set_nonblocking(false).unwrap();
-                        let Ok(up) = TcpStream::connect(target) else { continue };
-                        pipe(down.try_clone().unwrap(), up.try_clone().unwrap(), Some(seen2.clone()));
-                        pipe(up, down, None);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
-                    Err(_) => break,
-                }
-            }
-        });
-        Recorder { addr, seen, stop }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Everything the gateway sent upstream so far, as text (bodies here are ASCII).
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-
-    /// How many requests the gateway forwarded: each carries exactly one `requestID`.
-    fn forwarded(&self) -> usize {
-        self.text().matches("\r\nrequestID: ").count()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Copies `from` to `to` until either side closes; records the bytes if asked.
-fn pipe(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<u8>>>>) {
-    thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if let Some(r) = &record {
-                        r.lock().unwrap().extend_from_slice(&buf[..n]);
-                    }
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(Shutdown::Write);
-    });
-}
 
 /// An emulator, a recording relay in front of it, and a gateway pointed at the relay.
 /// Declared in this order so the gateway is killed first when the tuple is dropped.
@@ -278,6 +198,8 @@ struct Trickled {
     end: End,
     /// From the start of the trickle to the close.
     elapsed: Duration,
+    /// When the close (or the limit) was seen.
+    closed_at: Instant,
 }
 
 /// Sends `pattern` one byte every 200 ms (cycling) on `s` until the gateway stops us or
@@ -294,12 +216,13 @@ fn trickle_until_closed(mut s: TcpStream, pattern: &'static [u8], limit: Duratio
         }
     });
     let (raw, end) = read_until_close(reader, started + limit);
-    let elapsed = started.elapsed();
+    let closed_at = Instant::now();
+    let elapsed = closed_at.duration_since(started);
     trickler.join().unwrap();
     let (responses, trailing) = parse_responses(&raw);
     assert!(trailing.is_empty(), "bytes after the response: {:?}", String::from_utf8_lossy(&trailing));
     assert_eq!(responses.len(), 1, "got {:?}", String::from_utf8_lossy(&raw));
-    Trickled { responses, raw, end, elapsed }
+    Trickled { responses, raw, end, elapsed, closed_at }
 }
 
 #[test]
@@ -326,6 +249,8 @@ fn a_header_trickled_past_the_header_deadline_gets_408_and_a_close() {
     // One byte every 200 ms never trips Pingora's per-read timeout; the whole-header
     // deadline (1.5 s here) must end it, with the documented 408 and a closed connection.
     let (_emu, rec, mut gw) = gateway_with_header_timeout(1500);
+    // The deadline counts from the connection, which cannot exist before connect() starts.
+    let connecting = Instant::now();
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_nodelay(true).unwrap();
     s.write_all(head("POST", "/callcentre/slow-header").as_bytes()).unwrap();
@@ -334,7 +259,11 @@ fn a_header_trickled_past_the_header_deadline_gets_408_and_a_close() {
     assert!(v["msg"].as_str().unwrap().contains("1500 ms"), "{v}");
     assert_eq!(t.responses[0].header("connection"), Some("close"));
     assert_eq!(t.end, End::Closed);
-    assert!(t.elapsed >= Duration::from_millis(1300) && t.elapsed < Duration::from_secs(4), "{:?}", t.elapsed);
+    // Never before the deadline (measured from before the connection existed: exact, no
+    // slack needed); after it, within 2.5 s on a loaded machine (the per-read timeout it
+    // must not depend on is 60 s).
+    let closed = t.closed_at.duration_since(connecting);
+    assert!(closed >= Duration::from_millis(1500) && closed < Duration::from_secs(4), "{closed:?}");
     assert_eq!(rec.forwarded(), 0, "a header that never completed was forwarded");
     assert_eq!(gw.metric("nxgate_request_header_timeouts_total"), 1.0);
     assert_still_serving(&mut gw);
@@ -384,7 +313,8 @@ fn a_complete_request_shorter_than_the_h2_preface_is_answered_at_once() {
     assert!(req.len() < 24);
     let ex = exchange(gw.addr, req.to_vec(), false, WAIT);
     assert_eq!(ex.responses.len(), 1, "no answer within {:?}", ex.elapsed);
-    assert!(ex.responses[0].header("x-nxgate-error").is_some(), "expected nxgate's refusal (no key or route)");
+    // No client key: refused by nxgate's first check, authentication (before the route).
+    assert_gateway_error(&ex.responses[0], 401, 40101, "unauthenticated");
     // HTTP/1.0 without keep-alive: answered, then closed at once.
     assert_eq!(ex.end, End::Closed);
     assert!(ex.elapsed < Duration::from_secs(2), "{:?}", ex.elapsed);
@@ -402,10 +332,9 @@ fn a_caller_asking_for_close_or_speaking_http_1_0_gets_its_connection_closed_aft
         let ex = exchange(gw.addr, req.into_bytes(), false, Duration::from_secs(2));
         assert_eq!(ex.responses.len(), 1, "{data}");
         assert_eq!(ex.responses[0].json()["data"], data);
+        // Closed within the 2 s wait (not at the 60 s idle close) is the claim; how soon
+        // within it is not, so no tighter window on a loaded machine.
         assert_eq!(ex.end == End::Closed, closed, "{data}: closed after {:?}", ex.elapsed);
-        if closed {
-            assert!(ex.elapsed < Duration::from_secs(1), "{data}: closed only after {:?}", ex.elapsed);
-        }
     }
     assert_eq!(rec.forwarded(), 3);
     assert_still_serving(&mut gw);
@@ -442,8 +371,11 @@ fn slowly_trickled_headers_from_many_callers_are_served_and_do_not_block_others(
         thread::sleep(Duration::from_millis(20));
     }
     assert!(fast_answers.len() >= 2);
+    // A caller blocked behind the slow ones would wait for them, and they stall while we
+    // wait (this thread feeds them): until the 10 s header deadline cut them off. 5 s is
+    // far from that and generous for a loaded machine.
     for d in &fast_answers {
-        assert!(*d < Duration::from_secs(2), "an ordinary caller waited {d:?} behind slow ones");
+        assert!(*d < Duration::from_secs(5), "an ordinary caller waited {d:?} behind slow ones");
     }
     for (i, c) in conns.into_iter().enumerate() {
         let buf = read_one_response(c, Instant::now() + Duration::from_secs(5));
@@ -593,7 +525,8 @@ fn raw_control_bytes_in_the_path_are_refused_not_forwarded_encoded() {
         );
         let ex = exchange(gw.addr, req, false, Duration::from_secs(2));
         assert_eq!(ex.responses.len(), 1, "byte {byte:#x}");
-        assert!(matches!(ex.responses[0].status, 400 | 404), "byte {byte:#x}: {}", ex.responses[0].status);
+        // Encoded (`%01`, `%1F`, `%7F`), the path is no allowed route.
+        assert_gateway_error(&ex.responses[0], 404, 40401, "route_not_allowed");
     }
     assert_eq!(rec.forwarded(), 0, "{}", rec.text());
     assert_still_serving(&mut gw);
@@ -636,9 +569,18 @@ fn a_content_length_larger_than_the_body_then_close_is_never_forwarded() {
             .unwrap();
         drop(s);
     }
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(rec.forwarded(), 0);
+    // Rather than sleeping and finding nothing: wait until the gateway has finished with
+    // every vanished request (each gets its access-log line), then look at the far side.
+    let deadline = Instant::now() + WAIT;
+    while gw.log().lines().filter(|l| l.contains("nxgate::access") && l.contains("/callcentre/vanished")).count() < 20 {
+        assert!(Instant::now() < deadline, "the gateway did not account for 20 vanished requests:\n{}", gw.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(rec.forwarded(), 0, "{}", rec.text());
     assert_still_serving(&mut gw);
+    // The positive control reached the far side through the same relay.
+    assert_eq!(rec.forwarded(), 1);
+    assert!(!rec.text().contains("vanished"));
 }
 
 #[test]
@@ -781,28 +723,24 @@ fn whitespace_before_a_header_colon_is_refused() {
 // ---- pipelining -------------------------------------------------------------------------------
 
 #[test]
-fn pipelined_requests_are_never_answered_out_of_order_or_mixed_up() {
-    // Three pings in one write. Whatever the gateway does with the 2nd and 3rd (answer
-    // them, or close after the 1st), every answer it gives must belong to the request in
-    // that position, each forwarded request must be answered, and an unanswered request
-    // must end in a close rather than a hang.
+fn pipelined_requests_get_exactly_the_first_answered_then_a_close() {
+    // Three pings in one write. The README documents what happens: only the first is
+    // answered (with its own data and request id), the connection then closes, and the
+    // 2nd and 3rd are neither answered nor forwarded.
     let (_emu, rec, mut gw) = hostile_gateway();
     let req = [ping_bytes("one"), ping_bytes("two"), ping_bytes("three")].concat();
     let ex = exchange(gw.addr, req.into_bytes(), false, Duration::from_secs(5));
-    assert!(!ex.responses.is_empty(), "not even the first pipelined request was answered");
+    assert_eq!(ex.responses.len(), 1, "expected exactly the first answered");
     assert!(ex.trailing.is_empty(), "a partial response: {:?}", String::from_utf8_lossy(&ex.trailing));
-    for (r, data) in ex.responses.iter().zip(["one", "two", "three"]) {
-        assert_eq!(r.status, 200);
-        let v = r.json();
-        assert_eq!(v["data"], data, "responses out of order");
-        assert_eq!(r.header("x-request-id"), v["reqId"].as_str(), "x-request-id of one request on another's body");
-    }
-    let ids: std::collections::HashSet<_> = ex.responses.iter().map(|r| r.header("x-request-id").unwrap()).collect();
-    assert_eq!(ids.len(), ex.responses.len());
-    assert_eq!(rec.forwarded(), ex.responses.len(), "a pipelined request was forwarded but not answered");
-    if ex.responses.len() < 3 {
-        assert_eq!(ex.end, End::Closed, "unanswered pipelined requests left the caller hanging");
-    }
+    let r = &ex.responses[0];
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["data"], "one");
+    assert_eq!(r.header("x-request-id"), v["reqId"].as_str(), "x-request-id of one request on another's body");
+    assert_eq!(ex.end, End::Closed, "the connection must close after the first answer");
+    assert_eq!(rec.forwarded(), 1, "{}", rec.text());
+    assert!(rec.text().contains(r#"{"data":"one"}"#) && !rec.text().contains(r#""data":"two""#));
+    assert!(!rec.text().contains(r#""data":"three""#));
     assert_still_serving(&mut gw);
 }
 
@@ -928,7 +866,7 @@ fn an_endless_h2c_continuation_flood_is_cut_off() {
     }
     let (frames, end) = h2_exchange(gw.addr, bytes, Duration::from_secs(20));
     assert_eq!(end, End::Closed, "frames: {frames:?}");
-    assert!(goaway_code(&frames).is_some_and(|c| c != 0), "expected a GOAWAY with an error: {frames:?}");
+    assert_eq!(goaway_code(&frames), Some(0xb), "expected a GOAWAY with ENHANCE_YOUR_CALM: {frames:?}");
     assert_eq!(rec.forwarded(), 0);
     assert_still_serving(&mut gw);
 }
@@ -975,8 +913,10 @@ fn repeated_client_signature_headers_in_any_case_are_all_replaced_by_one_valid_s
     }
     let (id, ts) = (e.header("requestID").unwrap(), e.header("createTs").unwrap());
     assert_eq!(ex.responses[0].header("x-request-id"), Some(id.as_str()));
-    let input = SigningInput { body: &e.body(), create_ts: &ts, request_id: &id, uuid: UUID_A };
-    let expected = signing::sign(&Secret::new(SECRET_A.as_bytes().to_vec()), Algorithm::Md5, &input);
+    assert_eq!(e.header("uuid").as_deref(), Some(UUID_A));
+    assert_eq!(e.header("algorithm").as_deref(), Some("MD5"));
+    assert_eq!(e.body(), b"{}");
+    let expected = refsign::sign(Digest::Md5, SECRET_A.as_bytes(), b"{}", &ts, &id, UUID_A);
     assert_eq!(e.header("sign"), Some(expected));
     assert_eq!(rec.text().matches("spoofed").count(), 0);
     assert_still_serving(&mut gw);
@@ -1085,14 +1025,12 @@ fn a_target_that_is_not_origin_form_is_refused() {
     );
     assert_gateway_error(&ex.responses[0], 404, 40401, "route_not_allowed");
     // Asterisk-form (OPTIONS *) is not a path at all.
-    let ex = exchange(
-        gw.addr,
-        format!("{}content-length: 0\r\n\r\n", head("OPTIONS", "*")).into_bytes(),
-        false,
-        Duration::from_secs(1),
-    );
-    assert_eq!(ex.responses.len(), 1);
-    assert_gateway_error(&ex.responses[0], 404, 40401, "route_not_allowed");
+    // (Read until one whole response, up to WAIT: the connection may stay open.)
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.write_all(format!("{}content-length: 0\r\n\r\n", head("OPTIONS", "*")).as_bytes()).unwrap();
+    let (responses, trailing) = parse_responses(&read_one_response(s, Instant::now() + WAIT));
+    assert_eq!(responses.len(), 1, "{trailing:?}");
+    assert_gateway_error(&responses[0], 404, 40401, "route_not_allowed");
     // CONNECT is refused outright.
     let ex = exchange(
         gw.addr,
@@ -1100,8 +1038,11 @@ fn a_target_that_is_not_origin_form_is_refused() {
         false,
         WAIT,
     );
+    // Refused by Pingora before nxgate's code runs: a bare 405, then a close.
     assert_eq!(ex.responses.len(), 1);
-    assert!(ex.responses[0].status >= 400, "{}", ex.responses[0].status);
+    assert_eq!(ex.responses[0].status, 405, "{}", String::from_utf8_lossy(&ex.responses[0].body));
+    assert_eq!(ex.responses[0].header("x-nxgate-error"), None);
+    assert!(ex.trailing.is_empty());
     assert_eq!(ex.end, End::Closed);
     assert_eq!(rec.forwarded(), 0);
     assert_still_serving(&mut gw);

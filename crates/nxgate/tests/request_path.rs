@@ -3,8 +3,7 @@
 mod common;
 
 use common::*;
-use nxgate_core::secret::Secret;
-use nxgate_core::signing::{self, Algorithm, SigningInput};
+use nxgate_testkit::refsign::{self, Digest};
 use std::time::Duration;
 
 fn gateway() -> (Emulator, Gateway) {
@@ -179,19 +178,27 @@ fn client_signature_headers_are_replaced_in_any_letter_case() {
     ];
     let r = gw.post("/callcentre/x", &spoof, b"{}");
     let e = Echo::of(&r);
-    assert_eq!(e.headers("requestID").len(), 1);
-    assert_ne!(e.header("requestID").as_deref(), Some("spoofed-id"));
+    // Exactly one of each, with the gateway's own values: the requestID is the one the
+    // caller is told in x-request-id, the uuid and algorithm are tenant A's, the createTs
+    // is the gateway's clock (the exact second is not knowable from here: within 5 s of
+    // ours), and the sign is right (by the reference signer) over exactly those values.
+    for n in ["requestID", "uuid", "createTs", "sign", "algorithm"] {
+        assert_eq!(e.headers(n).len(), 1, "{n}: {:?}", e.headers(n));
+    }
+    let id = e.header("requestID").unwrap();
+    assert_eq!(r.header("x-request-id"), Some(id.as_str()));
     assert_eq!(e.header("uuid").as_deref(), Some(UUID_A));
     assert_eq!(e.header("algorithm").as_deref(), Some("MD5"));
-    assert_ne!(e.header("sign").as_deref(), Some("SPOOFED"));
-    assert_ne!(e.header("createTs").as_deref(), Some("1"));
+    let ts = e.header("createTs").unwrap();
+    assert!(ts.parse::<u64>().unwrap().abs_diff(unix_now()) <= 5, "createTs {ts}");
+    let expected = refsign::sign(Digest::Md5, SECRET_A.as_bytes(), b"{}", &ts, &id, UUID_A);
+    assert_eq!(e.header("sign"), Some(expected));
 }
 
 #[test]
 fn signature_headers_are_fresh_well_formed_and_valid_over_the_exact_body() {
     let (_emu, gw) = gateway();
-    for (key, uuid, secret, alg) in
-        [(KEY_A, UUID_A, SECRET_A, Algorithm::Md5), (KEY_B, UUID_B, SECRET_B, Algorithm::Sha256)]
+    for (key, uuid, secret, alg) in [(KEY_A, UUID_A, SECRET_A, Digest::Md5), (KEY_B, UUID_B, SECRET_B, Digest::Sha256)]
     {
         let body = b"{\"x\": [1, 2,  3]}\n";
         let r = gw.post("/callcentre/x", &[("authorization", &format!("Bearer {key}"))], body);
@@ -202,10 +209,10 @@ fn signature_headers_are_fresh_well_formed_and_valid_over_the_exact_body() {
         assert_eq!(r.header("x-request-id"), Some(id.as_str()));
         let ts = e.header("createTs").unwrap();
         assert!(ts.parse::<u64>().unwrap().abs_diff(unix_now()) <= 5);
-        assert_eq!(e.header("algorithm").as_deref(), Some(alg.as_str()));
-        // Recompute the signature independently over the bytes the upstream received.
-        let input = SigningInput { body: &e.body(), create_ts: &ts, request_id: &id, uuid };
-        let expected = signing::sign(&Secret::new(secret.as_bytes().to_vec()), alg, &input);
+        assert_eq!(e.header("algorithm").as_deref(), Some(alg.name()));
+        // Recompute the signature with the reference signer (no code shared with the
+        // product's) over the bytes the upstream received.
+        let expected = refsign::sign(alg, secret.as_bytes(), &e.body(), &ts, &id, uuid);
         assert_eq!(e.header("sign").unwrap(), expected);
         assert_eq!(e.body(), body);
         // The vendor's spelling of the header names is kept on the wire.
@@ -268,7 +275,8 @@ fn get_requests_are_signed_over_the_empty_body() {
 #[test]
 fn ping_round_trips_with_both_algorithms_and_carries_the_upstream_signature_headers() {
     let (_emu, gw) = gateway();
-    for key in [KEY_A, KEY_B] {
+    for (key, uuid, secret, alg) in [(KEY_A, UUID_A, SECRET_A, Digest::Md5), (KEY_B, UUID_B, SECRET_B, Digest::Sha256)]
+    {
         let r = gw.post("/callcentre/api/v3/ping", &[("authorization", &format!("Bearer {key}"))], br#"{"data":"hi"}"#);
         assert_eq!(r.status, 200);
         let v = r.json();
@@ -277,7 +285,14 @@ fn ping_round_trips_with_both_algorithms_and_carries_the_upstream_signature_head
         let id = r.header("x-request-id").unwrap();
         assert_eq!(v["reqId"], id);
         assert_eq!(r.header("requestid"), Some(id));
-        assert!(r.header("sign").is_some());
+        // The upstream's signature reaches the caller intact: right, by the reference
+        // signer, over the exact body and the requestID, createTs and uuid it carries.
+        assert_eq!(r.header("uuid"), Some(uuid));
+        assert_eq!(r.header("algorithm"), Some(alg.name()));
+        let ts = r.header("createts").expect("createTs is passed on");
+        assert!(ts.parse::<u64>().unwrap().abs_diff(unix_now()) <= 5, "createTs {ts}");
+        let sign = r.header("sign").expect("sign is passed on");
+        assert!(refsign::is_valid(alg, secret.as_bytes(), &r.body, ts, id, uuid, sign), "sign {sign}");
         assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
     }
 }

@@ -107,7 +107,10 @@ fn fd_window(pid: u32) -> (usize, usize) {
 fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
     let secs: u64 = std::env::var("NXGATE_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let emu = Emulator::start();
-    let mut opts = GatewayOptions::new(emu.url());
+    // The gateway's upstream is a recording relay: what the far side received is counted
+    // there, independently of the gateway and of the callers.
+    let rec = Recorder::start(emu.addr);
+    let mut opts = GatewayOptions::new(rec.url());
     opts.tenant_b_extra = "    rate_limit: { per_second: 50, burst: 50 }\n".into();
     // Quiet logs: a minute of debug lines would measure the logger, not the gateway.
     std::env::set_var("NXGATE_TEST_LOG", "warn");
@@ -118,13 +121,16 @@ fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally: Arc<Mutex<HashMap<(Kind, &'static str), u64>>> = Arc::default();
+    // Every request's `data` and the outcome its caller got back.
+    let outcomes: Arc<Mutex<HashMap<String, &'static str>>> = Arc::default();
+    let run_started = Instant::now();
     let workers: Vec<_> = (0..CONNECTIONS)
         .map(|w| {
-            let (stop, tally) = (stop.clone(), tally.clone());
+            let (stop, tally, outcomes) = (stop.clone(), tally.clone(), outcomes.clone());
             std::thread::spawn(move || {
                 let mut c = Connection::open(addr).unwrap();
-                let (mut sent, mut answered) = (0u64, 0u64);
                 let mut local: HashMap<(Kind, &'static str), u64> = HashMap::new();
+                let mut got: Vec<(String, &'static str)> = Vec::new();
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let kind = MIX[(w + i) % MIX.len()];
@@ -136,19 +142,22 @@ fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
                         headers.push(("x-emulator-fault", f));
                     }
                     let body = format!(r#"{{"data":"{data}"}}"#);
-                    sent += 1;
                     let r = c
                         .request("POST", "/callcentre/api/v3/ping", &headers, body.as_bytes())
                         .unwrap_or_else(|e| panic!("worker {w} request {i} ({kind:?}): {e}"));
-                    answered += 1;
-                    *local.entry((kind, check(kind, &data, &r))).or_default() += 1;
+                    let outcome = check(kind, &data, &r);
+                    *local.entry((kind, outcome)).or_default() += 1;
+                    got.push((data, outcome));
                     i += 1;
                 }
                 let mut t = tally.lock().unwrap();
                 for (k, n) in local {
                     *t.entry(k).or_default() += n;
                 }
-                (sent, answered)
+                let mut o = outcomes.lock().unwrap();
+                for (data, outcome) in got {
+                    assert!(o.insert(data, outcome).is_none(), "a data value was used twice");
+                }
             })
         })
         .collect();
@@ -161,18 +170,31 @@ fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
     let rss_end = proc_status(pid, "VmRSS:");
     let fds_end = fd_window(pid);
     stop.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    let (mut sent, mut answered) = (0, 0);
+    let stopped = Instant::now();
+    let run_secs = stopped.duration_since(run_started).as_secs_f64();
     for w in workers {
-        let (s, a) = w.join().expect("a worker failed");
-        sent += s;
-        answered += a;
+        w.join().expect("a worker failed");
     }
-    assert!(started.elapsed() < Duration::from_secs(30), "workers took too long to finish");
+    assert!(stopped.elapsed() < Duration::from_secs(30), "workers took too long to finish");
+    let run_secs_upper = run_started.elapsed().as_secs_f64();
+
+    // What the far side received: the `data` of every request that reached the relay.
+    let upstream_text = rec.text();
+    let mut received: HashMap<&str, u64> = HashMap::new();
+    for piece in upstream_text.split(r#"{"data":""#).skip(1) {
+        let data = piece.split('"').next().unwrap();
+        *received.entry(data).or_default() += 1;
+    }
+    let received_total: u64 = received.values().sum();
 
     let tally = tally.lock().unwrap();
-    let total: u64 = tally.values().sum();
-    println!("soak: {secs} s, {CONNECTIONS} connections, {sent} requests, {answered} answered");
+    let outcomes = outcomes.lock().unwrap();
+    let answered = outcomes.len() as u64;
+    println!(
+        "soak: {secs} s ({run_secs:.1} s of traffic), {CONNECTIONS} connections, {answered} answered, \
+         {received_total} received upstream over {} connections",
+        rec.connections()
+    );
     let mut rows: Vec<_> = tally.iter().collect();
     rows.sort_by_key(|(k, _)| format!("{k:?}"));
     for ((kind, outcome), n) in rows {
@@ -180,17 +202,42 @@ fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
     }
     println!("  RSS after warm-up {rss_warm} kB, at end {rss_end} kB; fds (min, max) {fds_warm:?} -> {fds_end:?}");
 
-    assert_eq!(sent, answered, "count in != count out");
-    assert_eq!(total, answered);
-    assert!(sent > 1000, "too little traffic to mean anything: {sent}");
+    // Caller side against far side, request by request: everything that was not refused
+    // by the rate limit reached the upstream exactly once (no retry, no duplicate, no
+    // answer made up without asking), a 429 never reached it, and nothing reached it that
+    // no caller sent.
+    for (data, outcome) in outcomes.iter() {
+        let n = received.get(data.as_str()).copied().unwrap_or(0);
+        let expected = if *outcome == "rate_limited" { 0 } else { 1 };
+        assert_eq!(n, expected, "{data} ({outcome}) reached the upstream {n} times");
+    }
+    for data in received.keys() {
+        assert!(outcomes.contains_key(*data), "the upstream received {data}, which no caller got an answer for");
+    }
+    let limited = tally.get(&(Kind::RateLimitedTenant, "rate_limited")).copied().unwrap_or(0);
+    assert_eq!(received_total, answered - limited, "received upstream != answered - refused by the limit");
+    assert_eq!(tally.values().sum::<u64>(), answered);
+    assert!(answered > 1000, "too little traffic to mean anything: {answered}");
     for kind in MIX {
         assert!(tally.keys().any(|(k, _)| *k == kind), "{kind:?} never ran");
     }
+    // Tenant B (50/s, burst 50) is offered more than 50/s. A token bucket admits at most
+    // burst + rate × time: that bound is exact and may not be exceeded (one token of slack
+    // for the refill that lands while the last requests are answered). From below it
+    // admits the same when saturated the whole time; on a loaded 2-core machine B's
+    // offered rate dips now and then (a refill beyond the burst is lost), so allow 10%
+    // under min(offered, theory) (the README's run: 3,024 of 3,050, 0.9% under).
+    let admitted = tally.get(&(Kind::RateLimitedTenant, "ok")).copied().unwrap_or(0);
+    let offered = admitted + limited;
+    let upper = 50.0 + 50.0 * run_secs_upper + 1.0;
+    let theory = 50.0 + 50.0 * run_secs;
+    println!("  tenant B: offered {offered}, admitted {admitted}, theory {theory:.0} (upper bound {upper:.0})");
+    assert!(limited > 0, "tenant B was never limited");
+    assert!(admitted as f64 <= upper, "tenant B admitted {admitted} > burst + rate × time = {upper:.0}");
     assert!(
-        tally.get(&(Kind::RateLimitedTenant, "rate_limited")).copied().unwrap_or(0) > 0,
-        "tenant B was never limited"
+        admitted as f64 >= 0.9 * theory.min(offered as f64),
+        "tenant B admitted {admitted}, more than 10% under min(offered {offered}, theory {theory:.0})"
     );
-    assert!(tally.get(&(Kind::RateLimitedTenant, "ok")).copied().unwrap_or(0) > 0, "tenant B was never admitted");
     assert!(
         (rss_end as f64) <= rss_warm as f64 * 1.2 && (rss_end as f64) >= rss_warm as f64 * 0.8,
         "RSS moved more than 20%: {rss_warm} kB -> {rss_end} kB"

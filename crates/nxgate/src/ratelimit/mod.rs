@@ -236,13 +236,18 @@ mod tests {
     #[test]
     fn a_fresh_local_limiter_admits_exactly_the_burst() {
         let l = LocalLimiter::new(limit(1, 5));
+        let started = std::time::Instant::now();
         let admitted = (0..20).filter(|_| matches!(l.check(), RateDecision::Allowed(_))).count();
         assert_eq!(admitted, 5);
         match l.check() {
             RateDecision::Limited { retry_after, state } => {
+                // The next token is due 1 s after the first admission: measured from
+                // before it (the limiter's clock is not tokio's, so it cannot be paused),
+                // no later than 1 s from now and no sooner than 1 s minus what has passed.
+                let passed = started.elapsed();
                 assert!(
-                    retry_after > Duration::from_millis(900) && retry_after <= Duration::from_secs(1),
-                    "{retry_after:?}"
+                    retry_after + passed >= Duration::from_secs(1) && retry_after <= Duration::from_secs(1),
+                    "{retry_after:?} after {passed:?}"
                 );
                 assert_eq!(state.remaining, 0);
             }

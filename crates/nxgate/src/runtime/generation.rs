@@ -38,11 +38,11 @@ impl Generation {
     /// Builds the generation that follows `previous` (on reload), carrying over the state
     /// that must survive a reload.
     pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Option<Arc<Metrics>>) -> Self {
-        let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
-        let upstream = Upstream::new(config.upstream.clone());
         if let Some(m) = &metrics {
             m.register_tenants(config.tenants.iter().map(|t| t.name.as_str()));
         }
+        let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
+        let upstream = Upstream::new(config.upstream.clone());
         let admission = Admission::new(&config, previous.map(|p| &p.admission), metrics);
         let answers = Answers::new(&config, previous.map(|p| &p.answers));
         Generation { config, tenants, upstream, admission, answers }

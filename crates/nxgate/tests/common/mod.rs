@@ -7,11 +7,11 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nxgate_core::secret::Secret;
@@ -68,6 +68,114 @@ pub fn emulator_tenants() -> HashMap<String, Secret> {
         (UUID_A.to_owned(), Secret::new(SECRET_A.as_bytes().to_vec())),
         (UUID_B.to_owned(), Secret::new(SECRET_B.as_bytes().to_vec())),
     ])
+}
+
+/// The bytes one upstream connection carried towards the far side.
+type Stream = Arc<Mutex<Vec<u8>>>;
+
+/// A TCP relay between the gateway and the emulator that keeps every byte the gateway
+/// sends upstream, connection by connection, so a test can see exactly what reached the
+/// far side (and what did not) instead of trusting the gateway's own account.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    /// One buffer per upstream connection, in the order they were accepted.
+    seen: Arc<Mutex<Vec<Stream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    pub fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Stream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((down, _)) => {
+                        down.set_nonblocking(false).unwrap();
+                        let _ = down.set_nodelay(true);
+                        let Ok(up) = TcpStream::connect(target) else { continue };
+                        let _ = up.set_nodelay(true);
+                        let record = Arc::new(Mutex::new(Vec::new()));
+                        seen2.lock().unwrap().push(record.clone());
+                        pipe(down.try_clone().unwrap(), up.try_clone().unwrap(), Some(record));
+                        pipe(up, down, None);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Recorder { addr, seen, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything the gateway sent upstream so far, as text (bodies here are ASCII); each
+    /// connection's bytes are contiguous, connections in the order they were accepted.
+    pub fn text(&self) -> String {
+        let all: Vec<u8> = self.seen.lock().unwrap().iter().flat_map(|c| c.lock().unwrap().clone()).collect();
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    /// How many requests the gateway forwarded: each carries exactly one `requestID`.
+    pub fn forwarded(&self) -> usize {
+        self.text().matches("\r\nrequestID: ").count()
+    }
+
+    /// How many upstream connections the gateway opened.
+    pub fn connections(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Waits (up to 10 s) until `forwarded()` is at least `n`; returns it.
+    pub fn wait_forwarded(&self, n: usize) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.forwarded();
+            if got >= n || std::time::Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to` until either side closes; records the bytes if asked.
+fn pipe(mut from: TcpStream, mut to: TcpStream, record: Option<Stream>) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    // Recorded before it is passed on: once the far side has seen a byte,
+                    // so has the record.
+                    if let Some(r) = &record {
+                        r.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
 }
 
 /// Config knobs tests vary; `yaml()` renders the rest with defaults.
@@ -165,6 +273,12 @@ impl JsonBody for Response {
     }
 }
 
+/// The `nxgate` binary under test: `NXGATE_BIN` if set (a copy of this tree's build, when
+/// several trees share one target directory), else the one Cargo built for this test.
+pub fn nxgate_bin() -> PathBuf {
+    std::env::var_os("NXGATE_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nxgate")))
+}
+
 static STARTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Directory all gateway logs of the suite go to.
@@ -224,7 +338,7 @@ impl Gateway {
         let log_path = log_dir().join(format!("{}-{n}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).unwrap();
         let ready_file = dir.path().join("ready.json");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_nxgate"));
+        let mut command = Command::new(nxgate_bin());
         command
             .args(extra_args)
             .args(["run", "-c"])
