@@ -17,9 +17,6 @@
 //!
 //! `whole_path/{MD5,SHA256}` runs 1-7 for one request.
 //!
-//! `vendor_code/{1KiB_ping,1MiB_export_code_last}` reads NXCloud's `code`/`retCode` the way
-//! every answer is read (`vendor::read_code`): bounded by one pass over the bytes.
-//!
 //! `key_lookup/{first,last,near_miss,unknown}` times `TenantDirectory::by_key` against
 //! 200 stored keys for keys that match at either end or not at all: the times must agree
 //! (a guess learns nothing from how long its refusal took).
@@ -209,19 +206,6 @@ fn benches(c: &mut Criterion) {
         });
     }
     whole.finish();
-
-    // NXCloud's answer code, read without parsing the body: an export of about 1 MiB whose
-    // `retCode` comes last (the worst case) against a 1 KiB ping answer.
-    let mut codes = c.benchmark_group("vendor_code");
-    let mut export = br#"{"retMsg":"success","responseID":"r","data":{"rows":["#.to_vec();
-    while export.len() < 1 << 20 {
-        export.extend_from_slice(br#"{"phone":"+8613800000000","callStatus":1,"intent":"A","code":3},"#);
-    }
-    export.extend_from_slice(br#""end"]},"retCode":0}"#);
-    assert_eq!(nxgate_core::vendor::read_code(&export), Some(0));
-    codes.bench_function("1KiB_ping", |b| b.iter(|| nxgate_core::vendor::read_code(black_box(&body))));
-    codes.bench_function("1MiB_export_code_last", |b| b.iter(|| nxgate_core::vendor::read_code(black_box(&export))));
-    codes.finish();
 
     let keys: Vec<String> = (0..200).map(|i| format!("client-key-{i:03}")).collect();
     let mut many = cfg.tenants[0].clone();
