@@ -16,7 +16,8 @@ fn run(cmd: &mut Command) -> String {
 #[test]
 fn the_core_depends_on_no_async_runtime_and_no_pingora() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let tree = run(Command::new(cargo).args(["tree", "--locked", "-p", "nxgate-core", "-e", "normal", "--prefix", "none"]));
+    let tree =
+        run(Command::new(cargo).args(["tree", "--locked", "-p", "nxgate-core", "-e", "normal", "--prefix", "none"]));
     let crates: Vec<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert!(crates.contains(&"sha2"), "cargo tree listed the core's dependencies: {crates:?}");
     let impure: Vec<&&str> = crates.iter().filter(|c| c.starts_with("pingora") || c.starts_with("tokio")).collect();
@@ -27,7 +28,9 @@ fn the_core_depends_on_no_async_runtime_and_no_pingora() {
 /// nothing to check.
 fn tracked() -> Option<Vec<String>> {
     let out = Command::new("git").args(["ls-files", "-z"]).current_dir(repo()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).split('\0').filter(|f| !f.is_empty()).map(str::to_owned).collect())
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout).split('\0').filter(|f| !f.is_empty()).map(str::to_owned).collect()
+    })
 }
 
 #[test]
@@ -68,9 +71,13 @@ fn the_readme_layout_table_matches_the_tree() {
         let name = format!("crates/{}", krate.file_name().unwrap().to_string_lossy());
         assert!(named.contains(&name), "the Layout table does not name {name}");
         let src = krate.join("src");
-        for dir in std::fs::read_dir(&src).into_iter().flatten().map(|e| e.expect("entry").path()).filter(|p| p.is_dir()) {
+        for dir in
+            std::fs::read_dir(&src).into_iter().flatten().map(|e| e.expect("entry").path()).filter(|p| p.is_dir())
+        {
             let rel = format!("{name}/src/{}", dir.file_name().unwrap().to_string_lossy());
-            let covered = named.iter().any(|n| n == &rel || rel.starts_with(&format!("{n}/")) || n.starts_with(&format!("{rel}/")));
+            let covered = named
+                .iter()
+                .any(|n| n == &rel || rel.starts_with(&format!("{n}/")) || n.starts_with(&format!("{rel}/")));
             assert!(covered || name.ends_with("emulator"), "the Layout table does not name {rel}");
         }
     }

@@ -24,7 +24,10 @@ fn cli_sign(file: &std::path::Path, request_id: &str, create_ts: &str, body: &[u
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "nxgate sign failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    text.lines().find_map(|l| l.trim().strip_prefix("sign: ")).unwrap_or_else(|| panic!("no sign line in {text}")).to_owned()
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("sign: "))
+        .unwrap_or_else(|| panic!("no sign line in {text}"))
+        .to_owned()
 }
 
 #[test]
@@ -42,7 +45,8 @@ fn nxgate_sign_and_the_gateway_sign_alike_from_a_secret_file_ending_in_crlf() {
     let body = br#"{"hello":"crlf"}"#;
     let seen = Echo::of(&gw.post_a("/callcentre/x", body));
     assert_eq!(seen.body(), body);
-    let (rid, ts, sign) = (seen.header("requestID").unwrap(), seen.header("createTs").unwrap(), seen.header("sign").unwrap());
+    let (rid, ts, sign) =
+        (seen.header("requestID").unwrap(), seen.header("createTs").unwrap(), seen.header("sign").unwrap());
 
     // The independent signer says the key is SECRET_A, CRLF stripped.
     assert_eq!(sign, refsign::sign(Digest::Md5, SECRET_A.as_bytes(), body, &ts, &rid, UUID_A));
@@ -55,7 +59,9 @@ fn nxgate_sign_refuses_the_files_the_gateway_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let two = dir.path().join("two-newlines.secret");
     std::fs::write(&two, format!("{SECRET_A}\n\n")).unwrap();
-    for (file, why) in [(two.as_path(), "more than one newline"), (std::path::Path::new("/dev/zero"), "not a regular file")] {
+    for (file, why) in
+        [(two.as_path(), "more than one newline"), (std::path::Path::new("/dev/zero"), "not a regular file")]
+    {
         let out = Command::new(env!("CARGO_BIN_EXE_nxgate"))
             .args(["sign", "--uuid", UUID_A])
             .arg("--secret-file")
