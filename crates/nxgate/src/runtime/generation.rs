@@ -8,6 +8,7 @@
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
+use crate::callbacks::CallbackRuntime;
 use crate::net::upstream::Upstream;
 use crate::ratelimit::Admission;
 use crate::runtime::metrics::Metrics;
@@ -24,6 +25,8 @@ pub struct Generation {
     pub upstream: Upstream,
     /// Per-tenant rate limits and concurrency caps.
     pub admission: Admission,
+    /// Callback receivers and the replay memory, if `callbacks:` is configured.
+    pub callbacks: Option<CallbackRuntime>,
 }
 
 impl Generation {
@@ -37,8 +40,9 @@ impl Generation {
     pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Option<Arc<Metrics>>) -> Self {
         let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
         let upstream = Upstream::new(config.upstream.clone());
+        let callbacks = CallbackRuntime::new(&config, previous.and_then(|p| p.callbacks.as_ref()), metrics.as_ref());
         let admission = Admission::new(&config, previous.map(|p| &p.admission), metrics);
-        Generation { config, tenants, upstream, admission }
+        Generation { config, tenants, upstream, admission, callbacks }
     }
 }
 

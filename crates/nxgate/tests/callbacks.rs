@@ -1,0 +1,590 @@
+//! The callback listener against the real binary: NXCloud-signed callbacks (signed here
+//! with the independent reference signer) reach a recording test receiver once; every
+//! refusal is answered before the receiver sees a byte.
+
+mod common;
+
+use common::*;
+use nxgate_testkit::refsign::{self, Digest};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------
+// A receiver that records every request it gets, with switchable answers.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    /// 200 with a JSON body naming the request's number.
+    Ok = 0,
+    /// 500.
+    Fail = 1,
+    /// Reads the request and never answers.
+    Silent = 2,
+    /// Reads the request and closes the connection.
+    Closed = 3,
+    /// 200 after 600 ms.
+    Slow = 4,
+}
+
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone)]
+struct TestReceiver {
+    addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    seen: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl TestReceiver {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let r = TestReceiver {
+            addr: listener.local_addr().unwrap(),
+            mode: Arc::new(AtomicU8::new(Mode::Ok as u8)),
+            seen: Arc::default(),
+            connections: Arc::default(),
+        };
+        let me = r.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                me.connections.fetch_add(1, Ordering::SeqCst);
+                let me = me.clone();
+                std::thread::spawn(move || me.serve(stream));
+            }
+        });
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    fn seen(&self) -> Vec<Received> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Nothing reached it: no connection, no request.
+    fn assert_untouched(&self) {
+        assert_eq!(self.connections.load(Ordering::SeqCst), 0, "the receiver was connected to");
+        assert!(self.seen().is_empty());
+    }
+
+    fn serve(&self, mut s: TcpStream) {
+        let mut buf = Vec::new();
+        loop {
+            let Some(req) = read_request(&mut s, &mut buf) else { return };
+            let n = {
+                let mut seen = self.seen.lock().unwrap();
+                seen.push(req);
+                seen.len()
+            };
+            let body = format!(r#"{{"received":{n}}}"#);
+            let answer = |status: &str| {
+                format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-receiver: yes\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let out = match self.mode.load(Ordering::SeqCst) {
+                0 => answer("200 OK"),
+                1 => answer("500 Internal Server Error"),
+                2 => {
+                    let mut sink = [0u8; 1024];
+                    while s.read(&mut sink).is_ok_and(|n| n > 0) {}
+                    return;
+                }
+                3 => return,
+                _ => {
+                    std::thread::sleep(Duration::from_millis(600));
+                    answer("200 OK")
+                }
+            };
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One HTTP/1.1 request with a Content-Length body, or `None` at EOF.
+fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = req.parse(buf) {
+            let hs: Vec<(String, String)> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                .collect();
+            let len: usize = hs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let (method, path) = (req.method.unwrap().to_owned(), req.path.unwrap().to_owned());
+            while buf.len() < head + len {
+                let mut chunk = [0u8; 8192];
+                let n = s.read(&mut chunk).ok().filter(|&n| n > 0)?;
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[head..head + len].to_vec();
+            buf.drain(..head + len);
+            return Some(Received { method, path, headers: hs, body });
+        }
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gateways and callbacks.
+
+const PATH: &str = "/hooks/orderCallback?src=nx";
+
+fn callbacks_block(receiver_url: &str, extra: &str) -> String {
+    format!(
+        "callbacks:\n  listen: [\"127.0.0.1:0\"]\n  forward_to: \"{receiver_url}\"\n  allow_prefixes: [\"/hooks/\"]\n  receiver_timeout_ms: 1500\n{extra}"
+    )
+}
+
+fn gateway_with(receiver_url: &str, extra_callbacks: &str, extra_top: &str) -> Gateway {
+    let mut opts = GatewayOptions::new("http://127.0.0.1:9".to_owned());
+    opts.extra_top = format!(
+        "limits:\n  max_request_body_bytes: 4096\n{}{extra_top}",
+        callbacks_block(receiver_url, extra_callbacks)
+    );
+    let gw = Gateway::start_yaml(&opts.yaml(any_port()));
+    assert_eq!(gw.callbacks.len(), 1, "the ready file lists the callback listener");
+    gw
+}
+
+fn gateway(r: &TestReceiver) -> Gateway {
+    gateway_with(&r.url(), "", "")
+}
+
+#[derive(Clone, Copy)]
+enum Account {
+    /// tenant-a, MD5.
+    A,
+    /// tenant-b, SHA256.
+    B,
+}
+
+impl Account {
+    fn uuid(self) -> &'static str {
+        match self {
+            Account::A => UUID_A,
+            Account::B => UUID_B,
+        }
+    }
+    fn secret(self) -> &'static str {
+        match self {
+            Account::A => SECRET_A,
+            Account::B => SECRET_B,
+        }
+    }
+    fn digest(self) -> Digest {
+        match self {
+            Account::A => Digest::Md5,
+            Account::B => Digest::Sha256,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Account::A => "tenant-a",
+            Account::B => "tenant-b",
+        }
+    }
+}
+
+/// The four headers NXCloud sends (no `algorithm`), signed over `body` at `ts`.
+fn signed_at(account: Account, body: &[u8], request_id: &str, ts: u64) -> Vec<(String, String)> {
+    let ts = ts.to_string();
+    let sign = refsign::sign(account.digest(), account.secret().as_bytes(), body, &ts, request_id, account.uuid());
+    vec![
+        ("requestID".into(), request_id.into()),
+        ("uuid".into(), account.uuid().into()),
+        ("createTs".into(), ts),
+        ("sign".into(), sign),
+    ]
+}
+
+fn signed(account: Account, body: &[u8], request_id: &str) -> Vec<(String, String)> {
+    signed_at(account, body, request_id, unix_now())
+}
+
+fn send_to(addr: SocketAddr, path: &str, headers: &[(String, String)], body: &[u8]) -> Response {
+    let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    all.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    client::request(addr, "POST", path, &all, body).unwrap()
+}
+
+fn send(gw: &Gateway, headers: &[(String, String)], body: &[u8]) -> Response {
+    send_to(gw.callbacks[0], PATH, headers, body)
+}
+
+fn body(tag: &str) -> Vec<u8> {
+    format!(r#"{{"callbackType":"1","orderID":"{tag}","userPhone":"+85200000000","finish":true,"other":"body-marker-c41b"}}"#)
+        .into_bytes()
+}
+
+fn rid() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn callbacks_metric(gw: &Gateway, tenant: &str, outcome: &str) -> f64 {
+    gw.metric(&format!("nxgate_callbacks_total{{outcome=\"{outcome}\",tenant=\"{tenant}\"}}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Delivery.
+
+#[test]
+fn md5_and_sha256_callbacks_reach_the_receiver_byte_identical_with_tenant_and_request_id() {
+    let r = TestReceiver::start();
+    let gw = gateway(&r);
+    for (i, account) in [Account::A, Account::B].into_iter().enumerate() {
+        let b = body(&format!("order-{i}"));
+        let id = rid();
+        let resp = send(&gw, &signed(account, &b, &id), &b);
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        assert_eq!(resp.body, format!(r#"{{"received":{}}}"#, i + 1).as_bytes(), "the receiver's body comes back");
+        assert_eq!(resp.header("x-receiver"), Some("yes"), "the receiver's headers come back");
+        assert_eq!(resp.header("x-request-id"), Some(id.as_str()));
+        let got = &r.seen()[i];
+        assert_eq!((got.method.as_str(), got.path.as_str()), ("POST", PATH));
+        assert_eq!(got.body, b, "byte-identical body");
+        assert_eq!(got.header("x-nxgate-tenant"), Some(account.name()));
+        assert_eq!(got.header("x-request-id"), Some(id.as_str()));
+        assert_eq!(got.header("content-type"), Some("application/json"));
+        assert_eq!(got.header("host"), Some(r.addr.to_string().as_str()));
+        for gone in ["requestID", "uuid", "createTs", "sign", "algorithm"] {
+            assert_eq!(got.header(gone), None, "{gone} must not reach the receiver");
+        }
+        assert_eq!(callbacks_metric(&gw, account.name(), "delivered"), 1.0);
+    }
+    let log = gw.log();
+    assert!(log.contains("\"callback\"") || log.contains(" callback"), "one access event per callback");
+    for (i, line) in log.lines().enumerate() {
+        assert!(!line.contains("body-marker-c41b"), "a callback body reached the log (line {i}): {line}");
+    }
+}
+
+#[test]
+fn every_callback_series_is_exported_at_zero_from_the_start() {
+    let r = TestReceiver::start();
+    let gw = gateway(&r);
+    let text = String::from_utf8(gw.admin_get("/metrics").unwrap().body).unwrap();
+    for tenant in ["-", "tenant-a", "tenant-b"] {
+        for outcome in [
+            "delivered",
+            "duplicate",
+            "receiver_error",
+            "bad_callback_signature",
+            "stale_callback",
+            "callback_in_progress",
+            "callback_receiver_unreachable",
+            "callback_receiver_timeout",
+            "replay_store_unavailable",
+            "route_not_allowed",
+            "body_too_large",
+        ] {
+            let series = format!("nxgate_callbacks_total{{outcome=\"{outcome}\",tenant=\"{tenant}\"}} 0");
+            assert!(text.contains(&series), "{series} missing");
+        }
+        let h = format!("nxgate_callback_delivery_duration_seconds_count{{tenant=\"{tenant}\"}} 0");
+        assert!(text.contains(&h), "{h} missing");
+    }
+}
+
+#[test]
+fn a_tenant_with_its_own_receiver_gets_its_callbacks_there() {
+    let (default, sales) = (TestReceiver::start(), TestReceiver::start());
+    let mut opts = GatewayOptions::new("http://127.0.0.1:9".to_owned());
+    opts.extra_top = callbacks_block(&default.url(), "");
+    opts.tenant_b_extra = format!("    callbacks_forward_to: \"{}\"\n", sales.url());
+    let gw = Gateway::start_yaml(&opts.yaml(any_port()));
+    let b = body("own");
+    assert_eq!(send(&gw, &signed(Account::B, &b, &rid()), &b).status, 200);
+    assert_eq!(send(&gw, &signed(Account::A, &b, &rid()), &b).status, 200);
+    assert_eq!((default.count(), sales.count()), (1, 1));
+    assert_eq!(sales.seen()[0].header("x-nxgate-tenant"), Some("tenant-b"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Refusals: each answered with its code; the receiver never sees a byte.
+
+fn assert_refused(headers: Vec<(String, String)>, body: &[u8], status: u16, code: u64, kind: &str) {
+    let r = TestReceiver::start();
+    let gw = gateway(&r);
+    let resp = send(&gw, &headers, body);
+    assert_gateway_error(&resp, status, code, kind);
+    r.assert_untouched();
+    let refused: f64 = ["-", "tenant-a", "tenant-b"].iter().map(|t| callbacks_metric(&gw, t, kind)).sum();
+    assert_eq!(refused, 1.0, "counted once as {kind}");
+}
+
+#[test]
+fn a_forged_sign_is_refused() {
+    let b = body("forged");
+    let mut h = signed(Account::A, &b, &rid());
+    h[3].1 = refsign::sign(Digest::Md5, b"not-the-secret", &b, &h[2].1, &h[0].1, UUID_A);
+    assert_refused(h, &b, 401, 40102, "bad_callback_signature");
+}
+
+#[test]
+fn a_sign_over_other_bytes_is_refused() {
+    let b = body("bytes");
+    let h = signed(Account::B, &b, &rid());
+    let mut other = b.clone();
+    other[5] ^= 1;
+    assert_refused(h, &other, 401, 40102, "bad_callback_signature");
+}
+
+#[test]
+fn an_unknown_uuid_is_refused() {
+    let b = body("uuid");
+    let mut h = signed(Account::A, &b, &rid());
+    h[1].1 = "someone-else-entirely".into();
+    assert_refused(h, &b, 401, 40102, "bad_callback_signature");
+}
+
+#[test]
+fn a_missing_header_is_refused_for_each_signature_header() {
+    for missing in ["requestID", "uuid", "createTs", "sign"] {
+        let b = body("missing");
+        let h: Vec<_> = signed(Account::A, &b, &rid()).into_iter().filter(|(k, _)| k != missing).collect();
+        assert_refused(h, &b, 401, 40102, "bad_callback_signature");
+    }
+}
+
+#[test]
+fn a_duplicated_header_is_refused() {
+    let b = body("dup");
+    let mut h = signed(Account::A, &b, &rid());
+    h.push(h[0].clone());
+    assert_refused(h, &b, 401, 40102, "bad_callback_signature");
+}
+
+#[test]
+fn an_algorithm_header_other_than_the_tenants_is_refused() {
+    let b = body("alg");
+    // tenant-a is MD5; a correct SHA256 signature with `algorithm: SHA256` is still refused.
+    let id = rid();
+    let ts = unix_now().to_string();
+    let sign = refsign::sign(Digest::Sha256, SECRET_A.as_bytes(), &b, &ts, &id, UUID_A);
+    let h = vec![
+        ("requestID".into(), id),
+        ("uuid".into(), UUID_A.into()),
+        ("createTs".into(), ts),
+        ("sign".into(), sign),
+        ("algorithm".into(), "sha256".into()),
+    ];
+    assert_refused(h, &b, 401, 40102, "bad_callback_signature");
+}
+
+#[test]
+fn a_stale_create_ts_is_refused() {
+    let b = body("stale");
+    assert_refused(signed_at(Account::A, &b, &rid(), unix_now() - 330), &b, 401, 40103, "stale_callback");
+}
+
+#[test]
+fn a_future_create_ts_is_refused() {
+    let b = body("future");
+    assert_refused(signed_at(Account::B, &b, &rid(), unix_now() + 330), &b, 401, 40103, "stale_callback");
+}
+
+#[test]
+fn an_oversized_body_is_refused() {
+    let b = vec![b'x'; 4097];
+    assert_refused(signed(Account::A, &b, &rid()), &b, 413, 41301, "body_too_large");
+}
+
+#[test]
+fn a_path_outside_allow_prefixes_is_refused() {
+    let r = TestReceiver::start();
+    let gw = gateway(&r);
+    let b = body("path");
+    let resp = send_to(gw.callbacks[0], "/admin/orderCallback", &signed(Account::A, &b, &rid()), &b);
+    assert_gateway_error(&resp, 404, 40401, "route_not_allowed");
+    r.assert_untouched();
+}
+
+// ---------------------------------------------------------------------------------------
+// Replay.
+
+#[test]
+fn a_callback_delivered_once_is_answered_as_a_duplicate_and_not_forwarded_again() {
+    let r = TestReceiver::start();
+    let gw = gateway(&r);
+    let b = body("twice");
+    let h = signed(Account::A, &b, &rid());
+    assert_eq!(send(&gw, &h, &b).status, 200);
+    let again = send(&gw, &h, &b);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("x-nxgate-duplicate"), Some("true"));
+    assert_eq!(r.count(), 1);
+    assert_eq!(callbacks_metric(&gw, "tenant-a", "duplicate"), 1.0);
+}
+
+#[test]
+fn a_callback_whose_delivery_failed_is_delivered_again() {
+    let r = TestReceiver::start();
+    let gw = gateway(&r);
+    let b = body("retry");
+    let h = signed(Account::B, &b, &rid());
+    r.set(Mode::Fail);
+    let first = send(&gw, &h, &b);
+    assert_eq!(first.status, 500, "the receiver's status comes back");
+    assert_eq!(first.header("x-receiver"), Some("yes"));
+    r.set(Mode::Ok);
+    let second = send(&gw, &h, &b);
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-nxgate-duplicate"), None);
+    assert_eq!(r.count(), 2);
+    assert_eq!(callbacks_metric(&gw, "tenant-b", "receiver_error"), 1.0);
+}
+
+fn concurrent_copies(addrs: [SocketAddr; 2], r: &TestReceiver) -> Vec<Response> {
+    let b = body("concurrent");
+    let h = signed(Account::A, &b, &rid());
+    let threads: Vec<_> = addrs
+        .into_iter()
+        .map(|addr| {
+            let (h, b) = (h.clone(), b.clone());
+            std::thread::spawn(move || send_to(addr, PATH, &h, &b))
+        })
+        .collect();
+    let answers: Vec<Response> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(r.count(), 1, "two copies, one delivery");
+    let delivered = answers.iter().filter(|a| a.status == 200 && a.header("x-nxgate-duplicate").is_none()).count();
+    assert_eq!(delivered, 1);
+    for a in &answers {
+        if a.status == 409 {
+            assert_gateway_error(a, 409, 40901, "callback_in_progress");
+        } else {
+            assert_eq!(a.status, 200);
+        }
+    }
+    answers
+}
+
+#[test]
+fn two_concurrent_copies_are_delivered_once() {
+    let r = TestReceiver::start();
+    r.set(Mode::Slow);
+    let gw = gateway(&r);
+    concurrent_copies([gw.callbacks[0]; 2], &r);
+}
+
+#[test]
+fn two_replicas_sharing_redis_deliver_a_callback_once() {
+    let redis = RedisServer::start();
+    let r = TestReceiver::start();
+    r.set(Mode::Slow);
+    let backend = format!("rate_limit_backend:\n  kind: \"redis\"\n  redis_url: \"{}\"\n", redis.url());
+    let (one, two) = (gateway_with(&r.url(), "", &backend), gateway_with(&r.url(), "", &backend));
+    concurrent_copies([one.callbacks[0], two.callbacks[0]], &r);
+    // And later, through the other replica: a duplicate.
+    r.set(Mode::Ok);
+    let b = body("later");
+    let h = signed(Account::B, &b, &rid());
+    assert_eq!(send(&one, &h, &b).status, 200);
+    let dup = send(&two, &h, &b);
+    assert_eq!((dup.status, dup.header("x-nxgate-duplicate")), (200, Some("true")));
+    assert_eq!(r.count(), 2);
+}
+
+#[test]
+fn redis_down_refuses_with_503_rather_than_risk_a_double_delivery() {
+    let closed = client::ClosedPort::new().unwrap();
+    let r = TestReceiver::start();
+    let backend = format!("rate_limit_backend:\n  kind: \"redis\"\n  redis_url: \"redis://{}/0\"\n", closed.addr);
+    let gw = gateway_with(&r.url(), "", &backend);
+    let b = body("noredis");
+    let started = Instant::now();
+    let resp = send(&gw, &signed(Account::A, &b, &rid()), &b);
+    assert_gateway_error(&resp, 503, 50301, "replay_store_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    r.assert_untouched();
+}
+
+#[test]
+fn a_full_local_replay_memory_refuses_with_503() {
+    let r = TestReceiver::start();
+    let gw = gateway_with(&r.url(), "  replay_memory_entries: 2\n", "");
+    for i in 0..2 {
+        let b = body(&format!("fill-{i}"));
+        assert_eq!(send(&gw, &signed(Account::A, &b, &rid()), &b).status, 200);
+    }
+    let b = body("overflow");
+    assert_gateway_error(&send(&gw, &signed(Account::A, &b, &rid()), &b), 503, 50301, "replay_store_unavailable");
+    assert_eq!(r.count(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiver trouble.
+
+#[test]
+fn a_receiver_that_is_down_gives_502() {
+    let closed = client::ClosedPort::new().unwrap();
+    let gw = gateway_with(&format!("http://{}", closed.addr), "", "");
+    let b = body("down");
+    let resp = send(&gw, &signed(Account::A, &b, &rid()), &b);
+    assert_gateway_error(&resp, 502, 50205, "callback_receiver_unreachable");
+}
+
+#[test]
+fn a_receiver_that_closes_without_answering_gives_502() {
+    let r = TestReceiver::start();
+    r.set(Mode::Closed);
+    let gw = gateway(&r);
+    let b = body("closed");
+    assert_gateway_error(&send(&gw, &signed(Account::B, &b, &rid()), &b), 502, 50205, "callback_receiver_unreachable");
+}
+
+#[test]
+fn a_silent_receiver_gives_504_within_the_timeout_and_the_listener_keeps_serving() {
+    let r = TestReceiver::start();
+    r.set(Mode::Silent);
+    let gw = gateway(&r);
+    let b = body("silent");
+    let h = signed(Account::A, &b, &rid());
+    let started = Instant::now();
+    assert_gateway_error(&send(&gw, &h, &b), 504, 50402, "callback_receiver_timeout");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1400) && took < Duration::from_millis(3000), "{took:?}");
+    r.set(Mode::Ok);
+    let resp = send(&gw, &h, &b);
+    assert_eq!(resp.status, 200, "the timed-out callback is delivered on NXCloud's retry");
+    let b2 = body("after");
+    assert_eq!(send(&gw, &signed(Account::B, &b2, &rid()), &b2).status, 200);
+}
