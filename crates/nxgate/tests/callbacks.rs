@@ -588,3 +588,152 @@ fn a_silent_receiver_gives_504_within_the_timeout_and_the_listener_keeps_serving
     let b2 = body("after");
     assert_eq!(send(&gw, &signed(Account::B, &b2, &rid()), &b2).status, 200);
 }
+
+// ---------------------------------------------------------------------------------------
+// TLS.
+
+struct Pki {
+    ca_pem: String,
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    /// A test CA, and a leaf for `localhost` written to `cert.pem` / `key.pem` in `dir`.
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "nxgate callbacks test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        let pki = Pki { ca_pem: ca.pem(), dir: tempfile::tempdir().unwrap(), ca, ca_key };
+        pki.issue_leaf();
+        pki
+    }
+
+    /// Writes a fresh leaf (new key); returns its DER.
+    fn issue_leaf(&self) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .unwrap();
+        std::fs::write(self.dir.path().join("cert.pem"), format!("{}{}", leaf.pem(), self.ca.pem())).unwrap();
+        std::fs::write(self.dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        leaf.der().to_vec()
+    }
+
+    fn yaml(&self) -> String {
+        format!(
+            "{{ cert_file: \"{}\", key_file: \"{}\" }}",
+            self.dir.path().join("cert.pem").display(),
+            self.dir.path().join("key.pem").display()
+        )
+    }
+}
+
+/// One request over TLS trusting `ca_pem`; returns the status, the body and the leaf
+/// certificate the server presented.
+fn tls_request(addr: SocketAddr, ca_pem: &str, request: &[u8]) -> (u16, Vec<u8>, Vec<u8>) {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(request).unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tls.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&raw) {
+            let len: usize = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse().unwrap());
+            if raw.len() >= head + len {
+                let leaf = tls.conn.peer_certificates().unwrap()[0].to_vec();
+                return (resp.code.unwrap(), raw[head..head + len].to_vec(), leaf);
+            }
+        }
+    }
+    panic!("no complete response over TLS: {}", String::from_utf8_lossy(&raw));
+}
+
+fn encoded_callback(account: Account, b: &[u8], id: &str) -> Vec<u8> {
+    let h = signed(account, b, id);
+    let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    all.extend(h.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    client::encode("POST", PATH, &all, b)
+}
+
+#[test]
+fn a_callback_over_https_is_delivered_and_plain_http_to_the_tls_port_is_refused() {
+    let pki = Pki::new();
+    let r = TestReceiver::start();
+    let gw = gateway_with(&r.url(), &format!("  tls: {}\n", pki.yaml()), "");
+    let b = body("tls");
+    let (status, resp_body, _) = tls_request(gw.callbacks[0], &pki.ca_pem, &encoded_callback(Account::B, &b, &rid()));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp_body));
+    assert_eq!(r.count(), 1);
+    assert_eq!(r.seen()[0].body, b);
+
+    let plain = client::request(gw.callbacks[0], "POST", PATH, &[("content-type", "application/json")], &b);
+    assert!(
+        plain.as_ref().map_or(true, |resp| resp.status == 0),
+        "plain HTTP was answered: {:?}",
+        plain.map(|r| r.status)
+    );
+    assert_eq!(r.count(), 1, "nothing sent in plain HTTP reaches the receiver");
+}
+
+#[test]
+fn certificates_are_re_read_on_reload() {
+    let pki = Pki::new();
+    let r = TestReceiver::start();
+    let gw = gateway_with(&r.url(), &format!("  tls: {}\n", pki.yaml()), "");
+    let b = body("reload");
+    let (_, _, before) = tls_request(gw.callbacks[0], &pki.ca_pem, &encoded_callback(Account::A, &b, &rid()));
+    let renewed = pki.issue_leaf();
+    assert_ne!(before, renewed);
+    assert_eq!(gw.admin_post("/reload").unwrap().status, 200);
+    let (status, _, after) = tls_request(gw.callbacks[0], &pki.ca_pem, &encoded_callback(Account::A, &b, &rid()));
+    assert_eq!(status, 200);
+    assert_eq!(after, renewed, "the next handshake presents the renewed certificate");
+    assert_eq!(r.count(), 2);
+}
+
+#[test]
+fn the_proxy_listener_serves_https_with_listen_tls() {
+    let pki = Pki::new();
+    let emu = Emulator::start();
+    let mut opts = GatewayOptions::new(emu.url());
+    opts.extra_top = format!("listen_tls: {}\n", pki.yaml());
+    let gw = Gateway::start_yaml(&opts.yaml(any_port()));
+    let auth = format!("Bearer {KEY_A}");
+    let req = client::encode(
+        "POST",
+        "/callcentre/api/v3/ping",
+        &[("authorization", auth.as_str()), ("content-type", "application/json")],
+        br#"{"data":"tls"}"#,
+    );
+    let (status, resp_body, _) = tls_request(gw.addr, &pki.ca_pem, &req);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp_body));
+    assert!(client::request(gw.addr, "POST", "/callcentre/api/v3/ping", &[], b"{}").map_or(true, |r| r.status == 0));
+}

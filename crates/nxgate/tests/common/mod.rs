@@ -165,6 +165,12 @@ impl JsonBody for Response {
     }
 }
 
+/// The binary under test: `NXGATE_TEST_BIN` if set (a copy taken right after the build,
+/// for machines where several checkouts share one target directory), else Cargo's.
+pub fn nxgate_bin() -> PathBuf {
+    std::env::var_os("NXGATE_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nxgate")), PathBuf::from)
+}
+
 static STARTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Directory all gateway logs of the suite go to.
@@ -226,7 +232,7 @@ impl Gateway {
         let log_path = log_dir().join(format!("{}-{n}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).unwrap();
         let ready_file = dir.path().join("ready.json");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_nxgate"));
+        let mut command = Command::new(nxgate_bin());
         command
             .args(extra_args)
             .args(["run", "-c"])
