@@ -770,7 +770,8 @@ fn vm_rss_kb(pid: u32) -> u64 {
 /// window is 5 s, so delivered entries expire after 10 s and the replay memory plateaus.
 #[test]
 fn a_soak_of_mixed_callbacks_delivers_each_valid_one_exactly_once_without_growth() {
-    const CONNECTIONS: usize = 32;
+    let connections: usize =
+        std::env::var("NXGATE_CALLBACK_SOAK_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
     let secs: u64 = std::env::var("NXGATE_CALLBACK_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
     let r = TestReceiver::start();
     std::env::set_var("NXGATE_TEST_LOG", "warn");
@@ -781,7 +782,7 @@ fn a_soak_of_mixed_callbacks_delivers_each_valid_one_exactly_once_without_growth
     std::env::remove_var("NXGATE_TEST_LOG");
     let (pid, addr) = (gw.pid(), gw.callbacks[0]);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let workers: Vec<_> = (0..CONNECTIONS)
+    let workers: Vec<_> = (0..connections)
         .map(|w| {
             let stop = stop.clone();
             std::thread::spawn(move || {
@@ -846,7 +847,7 @@ fn a_soak_of_mixed_callbacks_delivers_each_valid_one_exactly_once_without_growth
     let seen: Vec<String> = r.seen().iter().map(|x| x.header("x-request-id").unwrap().to_owned()).collect();
     let unique: std::collections::HashSet<&String> = seen.iter().collect();
     println!(
-        "callback soak: {} valid, {forged} forged, {replayed} replayed; RSS {rss_warm} kB -> {rss_end} kB",
+        "callback soak ({secs} s, {connections} connections): {} valid, {forged} forged, {replayed} replayed; RSS {rss_warm} kB -> {rss_end} kB",
         valid.len()
     );
     assert!(valid.len() > 100 && forged > 0 && replayed > 0);
@@ -857,4 +858,79 @@ fn a_soak_of_mixed_callbacks_delivers_each_valid_one_exactly_once_without_growth
         (rss_end as f64) <= rss_warm as f64 * 1.2,
         "RSS grew more than 20% after warm-up: {rss_warm} kB -> {rss_end} kB"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The listener's own rules: header deadline, reload, logs.
+
+#[test]
+fn a_callback_header_trickled_past_the_deadline_gets_408_and_the_receiver_nothing() {
+    let r = TestReceiver::start();
+    let mut opts = GatewayOptions::new("http://127.0.0.1:9".to_owned());
+    opts.extra_top = format!("limits:\n  request_header_timeout_ms: 400\n{}", callbacks_block(&r.url(), ""));
+    let gw = Gateway::start_yaml(&opts.yaml(any_port()));
+    let mut c = Connection::open(gw.callbacks[0]).unwrap();
+    c.send_raw(b"POST /hooks/orderCallback HTTP/1.1\r\nhost: x\r\n").unwrap();
+    let started = Instant::now();
+    let resp = c.read_response().unwrap();
+    assert_gateway_error(&resp, 408, 40801, "request_header_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    r.assert_untouched();
+}
+
+#[test]
+fn a_reload_keeps_the_replay_memory_and_refuses_to_move_the_callback_listener() {
+    let r = TestReceiver::start();
+    let gw = gateway(&r);
+    let b = body("reload-replay");
+    let h = signed(Account::A, &b, &rid());
+    assert_eq!(send(&gw, &h, &b).status, 200);
+    assert_eq!(gw.admin_post("/reload").unwrap().status, 200);
+    let dup = send(&gw, &h, &b);
+    assert_eq!((dup.status, dup.header("x-nxgate-duplicate")), (200, Some("true")), "remembered across a reload");
+    assert_eq!(r.count(), 1);
+
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        text.replace("listen: [\"127.0.0.1:0\"]\n  forward_to", "listen: [\"127.0.0.1:1\"]\n  forward_to"),
+    )
+    .unwrap();
+    let refused = gw.admin_post("/reload").unwrap();
+    assert_eq!(refused.status, 400);
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("callbacks.listen"),
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    let b2 = body("still-serving");
+    assert_eq!(send(&gw, &signed(Account::B, &b2, &rid()), &b2).status, 200);
+}
+
+#[test]
+fn a_trace_level_run_logs_no_callback_body_or_sign() {
+    let r = TestReceiver::start();
+    std::env::set_var("NXGATE_TEST_LOG", "trace");
+    let gw = gateway(&r);
+    std::env::remove_var("NXGATE_TEST_LOG");
+    let mut signs = Vec::new();
+    for (i, account) in [Account::A, Account::B].into_iter().enumerate() {
+        let b = body(&format!("trace-{i}"));
+        let h = signed(account, &b, &rid());
+        signs.push(h[3].1.clone());
+        assert_eq!(send(&gw, &h, &b).status, 200);
+        assert_eq!(send(&gw, &h, &b).header("x-nxgate-duplicate"), Some("true"));
+        let mut forged = h.clone();
+        forged[0].1 = rid();
+        assert_eq!(send(&gw, &forged, &b).status, 401);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let log = gw.log();
+    assert!(log.lines().count() > 10, "a trace run logs something:\n{log}");
+    for line in log.lines() {
+        assert!(!line.contains("body-marker-c41b"), "a callback body reached the log: {line}");
+        for sign in &signs {
+            assert!(!line.to_ascii_uppercase().contains(sign.as_str()), "a sign reached the log: {line}");
+        }
+    }
 }

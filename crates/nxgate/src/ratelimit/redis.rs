@@ -1,4 +1,5 @@
-//! Fleet-wide GCRA in Redis: one atomic script call per request.
+//! Fleet-wide GCRA in Redis: one atomic script call per request; and `RedisLink`, the
+//! connection with its circuit breaker, which the callback replay memory uses too.
 //!
 //! The script keeps one value per tenant, its theoretical arrival time (TAT, in
 //! microseconds of Redis's own clock, so replicas with skewed clocks still agree), and
