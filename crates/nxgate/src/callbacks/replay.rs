@@ -21,7 +21,7 @@
 //! Otherwise it is a bounded map in this process; when full of unexpired entries it
 //! refuses with 503 too, rather than forget one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -100,8 +100,31 @@ enum State {
 
 struct LocalInner {
     entries: HashMap<String, (State, Instant)>,
+    /// (expiry, key) in the order entries were written: each claim drops the entries whose
+    /// time is up from the front, so the map holds about one skew window's worth, not
+    /// `capacity` of mostly expired ones. A key written twice (claimed, then delivered)
+    /// is here twice; the earlier item finds a later expiry in the map and leaves it.
+    expiries: VecDeque<(Instant, String)>,
     /// No entry expires before this, so a full map is not scanned again until then.
     next_expiry: Instant,
+}
+
+impl LocalInner {
+    /// Drops expired entries from the front of the write order.
+    fn sweep(&mut self, now: Instant) {
+        while self.expiries.front().is_some_and(|(until, _)| *until <= now) {
+            let (_, key) = self.expiries.pop_front().expect("front exists");
+            if self.entries.get(&key).is_some_and(|(_, until)| *until <= now) {
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    fn write(&mut self, key: String, state: State, until: Instant) {
+        self.next_expiry = self.next_expiry.min(until);
+        self.expiries.push_back((until, key.clone()));
+        self.entries.insert(key, (state, until));
+    }
 }
 
 /// The in-process memory: a map with a hard bound on its entries.
@@ -114,7 +137,11 @@ impl LocalReplay {
     /// An empty memory of at most `capacity` entries.
     pub fn new(capacity: usize) -> Self {
         LocalReplay {
-            inner: Mutex::new(LocalInner { entries: HashMap::new(), next_expiry: Instant::now() }),
+            inner: Mutex::new(LocalInner {
+                entries: HashMap::new(),
+                expiries: VecDeque::new(),
+                next_expiry: Instant::now(),
+            }),
             capacity: AtomicUsize::new(capacity),
         }
     }
@@ -131,15 +158,23 @@ impl LocalReplay {
     fn claim(&self, key: String, token: String, ttl: Duration) -> Result<Claim, GatewayError> {
         let now = Instant::now();
         let mut m = self.lock();
+        m.sweep(now);
         match m.entries.get(&key) {
             Some((State::Delivered, until)) if *until > now => return Ok(Claim::Delivered),
             Some((State::InProgress(_), until)) if *until > now => return Ok(Claim::InProgress),
             Some(_) => {}
             None => {
                 if m.entries.len() >= self.capacity.load(Ordering::Acquire) {
+                    // Expiries are not written in order (claims and deliveries keep for
+                    // different times), so an expired entry may sit behind a live one:
+                    // when full, scan, at most once per earliest expiry.
                     if now >= m.next_expiry {
                         m.entries.retain(|_, (_, until)| *until > now);
                         m.next_expiry = m.entries.values().map(|(_, until)| *until).min().unwrap_or(now);
+                        let entries = &m.entries;
+                        let kept: VecDeque<_> =
+                            m.expiries.iter().filter(|(_, k)| entries.contains_key(k)).cloned().collect();
+                        m.expiries = kept;
                     }
                     if m.entries.len() >= self.capacity.load(Ordering::Acquire) {
                         return Err(GatewayError::ReplayStoreUnavailable("the local replay memory is full"));
@@ -147,17 +182,13 @@ impl LocalReplay {
                 }
             }
         }
-        let until = now + ttl;
-        m.next_expiry = m.next_expiry.min(until);
-        m.entries.insert(key.clone(), (State::InProgress(token.clone()), until));
+        m.write(key.clone(), State::InProgress(token.clone()), now + ttl);
         Ok(Claim::Fresh(Ticket { key, token }))
     }
 
     fn delivered(&self, ticket: Ticket, keep: Duration) {
         let until = Instant::now() + keep;
-        let mut m = self.lock();
-        m.next_expiry = m.next_expiry.min(until);
-        m.entries.insert(ticket.key, (State::Delivered, until));
+        self.lock().write(ticket.key, State::Delivered, until);
     }
 
     fn failed(&self, ticket: Ticket) {
@@ -269,6 +300,20 @@ mod tests {
         l.failed(t);
         assert!(matches!(claim(&l, "a"), Ok(Claim::Fresh(_))));
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn expired_entries_are_dropped_long_before_the_memory_is_full() {
+        let l = LocalReplay::new(1_000);
+        for i in 0..100 {
+            let Ok(Claim::Fresh(t)) = l.claim(format!("k{i}"), "t".into(), Duration::from_millis(30)) else { panic!() };
+            l.delivered(t, Duration::from_millis(30));
+        }
+        assert_eq!(l.len(), 100);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(matches!(claim(&l, "fresh"), Ok(Claim::Fresh(_))));
+        assert_eq!(l.len(), 1, "the expired 100 were swept by the next claim");
+        assert!(l.lock().expiries.len() <= 2);
     }
 
     #[test]
