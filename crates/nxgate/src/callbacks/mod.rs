@@ -297,6 +297,9 @@ async fn handle(g: &Generation, http: &mut ServerSession, ctx: &mut CallbackCtx)
     ctx.tenant = Some(tenant.name.clone());
     ctx.request_id = Some(request_id.clone());
 
+    let receiver = cb.receiver(&tenant.name);
+    let header = delivery_header(req, &target, receiver.authority(), &tenant.name, &request_id, body.len())?;
+
     let in_progress_for = cb.config.receiver_timeout + IN_PROGRESS_MARGIN;
     let ticket = match cb.replay.claim(&tenant, &request_id, in_progress_for).await? {
         Claim::Fresh(ticket) => ticket,
@@ -307,12 +310,7 @@ async fn handle(g: &Generation, http: &mut ServerSession, ctx: &mut CallbackCtx)
         Claim::InProgress => return Err(GatewayError::CallbackInProgress),
     };
 
-    let receiver = cb.receiver(&tenant.name);
-    let method = req.method.clone();
-    let forwarded: Vec<_> =
-        headers::forwardable_callback_headers(&req.headers).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let build =
-        || delivery_header(&method, &target, &forwarded, receiver.authority(), &tenant.name, &request_id, body.len());
+    let build = || header.clone();
     let started = Instant::now();
     let result = receiver.send(build, &body, g.config.max_response_body_bytes).await;
     ctx.delivery_time = Some(started.elapsed());
@@ -357,24 +355,25 @@ fn route(cb: &CallbacksConfig, req: &RequestHeader) -> Result<String, GatewayErr
 /// minus hop-by-hop and signature headers; `Host`, `Content-Length`, `x-nxgate-tenant`
 /// and `x-request-id` set by the gateway.
 fn delivery_header(
-    method: &http::Method,
+    req: &RequestHeader,
     target: &str,
-    forwarded: &[(http::HeaderName, http::HeaderValue)],
     authority: &str,
     tenant: &str,
     request_id: &str,
     body_len: usize,
-) -> RequestHeader {
-    let mut h = RequestHeader::build(method.clone(), target.as_bytes(), Some(forwarded.len() + 4))
-        .expect("a method and path Pingora parsed build again");
-    for (name, value) in forwarded {
-        h.append_header(name.clone(), value.clone()).expect("parsed headers are valid");
+) -> Result<RequestHeader, GatewayError> {
+    let bad =
+        |e: Box<pingora::Error>| GatewayError::BadRequest(format!("cannot build the delivery: {}", e.etype().as_str()));
+    let mut h =
+        RequestHeader::build(req.method.clone(), target.as_bytes(), Some(req.headers.len() + 4)).map_err(bad)?;
+    for (name, value) in headers::forwardable_callback_headers(&req.headers) {
+        h.append_header(name.clone(), value.clone()).map_err(bad)?;
     }
-    h.insert_header(http::header::HOST, authority).expect("validated authority");
-    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).expect("number");
-    h.insert_header(CALLBACK_TENANT_HEADER, tenant).expect("validated tenant name");
-    h.insert_header(REQUEST_ID_HEADER, request_id).expect("verified visible ASCII");
-    h
+    h.insert_header(http::header::HOST, authority).map_err(bad)?;
+    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).map_err(bad)?;
+    h.insert_header(CALLBACK_TENANT_HEADER, tenant).map_err(bad)?;
+    h.insert_header(REQUEST_ID_HEADER, request_id).map_err(bad)?;
+    Ok(h)
 }
 
 /// The receiver's answer as NXCloud gets it: hop-by-hop and framing headers removed,
