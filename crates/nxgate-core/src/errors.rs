@@ -79,6 +79,32 @@ pub enum GatewayError {
     /// The upstream did not answer within a configured timeout.
     #[error("upstream timeout: {0}")]
     UpstreamTimeout(String),
+    /// A callback is not one NXCloud signed for a configured tenant: unknown `uuid`, a
+    /// signature header missing, repeated or malformed, a different `algorithm`, or a
+    /// `sign` that does not match the exact body.
+    #[error("callback refused: {0}")]
+    BadCallbackSignature(&'static str),
+    /// A callback's `createTs` is too far from the gateway clock.
+    #[error("callback createTs is {skew_secs}s from the gateway clock (limit {limit_secs}s)")]
+    StaleCallback {
+        /// Observed distance.
+        skew_secs: u64,
+        /// `verify.max_clock_skew_secs`.
+        limit_secs: u64,
+    },
+    /// The same callback (tenant, requestID) is being delivered right now.
+    #[error("this callback is already being delivered; retry later")]
+    CallbackInProgress,
+    /// The replay memory cannot answer (Redis down, or the local memory full), so the
+    /// callback is refused rather than risk delivering it twice.
+    #[error("replay memory unavailable ({0}); retry later")]
+    ReplayStoreUnavailable(&'static str),
+    /// The callback receiver refused or reset the connection, or answered garbage.
+    #[error("callback receiver unreachable: {0}")]
+    CallbackReceiverUnreachable(String),
+    /// The callback receiver did not answer within `callbacks.receiver_timeout_ms`.
+    #[error("callback receiver timeout: {0}")]
+    CallbackReceiverTimeout(String),
 }
 
 /// Whose fault an error is, as Pingora's `ErrorSource`: it decides the log level (a
@@ -134,7 +160,14 @@ impl GatewayError {
             | GatewayError::RequestHeaderTimeout { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::RateLimited { .. }
-            | GatewayError::Overloaded { .. } => ErrorSource::Caller,
+            | GatewayError::Overloaded { .. }
+            | GatewayError::BadCallbackSignature(_)
+            | GatewayError::StaleCallback { .. }
+            | GatewayError::CallbackInProgress => ErrorSource::Caller,
+            GatewayError::ReplayStoreUnavailable(_) => ErrorSource::Internal,
+            GatewayError::CallbackReceiverUnreachable(_) | GatewayError::CallbackReceiverTimeout(_) => {
+                ErrorSource::Upstream
+            }
             GatewayError::UpstreamBusy { .. }
             | GatewayError::UpstreamUnreachable(_)
             | GatewayError::BadUpstreamSignature { .. }
@@ -196,6 +229,12 @@ impl GatewayError {
             GatewayError::UpstreamResponseTooLarge { .. } => (502, 50203, "upstream_response_too_large"),
             GatewayError::BadUpstreamResponse(_) => (502, 50204, "bad_upstream_response"),
             GatewayError::UpstreamTimeout(_) => (504, 50401, "upstream_timeout"),
+            GatewayError::BadCallbackSignature(_) => (401, 40102, "bad_callback_signature"),
+            GatewayError::StaleCallback { .. } => (401, 40103, "stale_callback"),
+            GatewayError::CallbackInProgress => (409, 40901, "callback_in_progress"),
+            GatewayError::ReplayStoreUnavailable(_) => (503, 50301, "replay_store_unavailable"),
+            GatewayError::CallbackReceiverUnreachable(_) => (502, 50205, "callback_receiver_unreachable"),
+            GatewayError::CallbackReceiverTimeout(_) => (504, 50402, "callback_receiver_timeout"),
         }
     }
 }
@@ -284,6 +323,12 @@ mod tests {
             GatewayError::UpstreamResponseTooLarge { limit: 1 },
             GatewayError::BadUpstreamResponse("truncated".into()),
             GatewayError::UpstreamTimeout("read".into()),
+            GatewayError::BadCallbackSignature("sign does not match"),
+            GatewayError::StaleCallback { skew_secs: 301, limit_secs: 300 },
+            GatewayError::CallbackInProgress,
+            GatewayError::ReplayStoreUnavailable("redis"),
+            GatewayError::CallbackReceiverUnreachable("refused".into()),
+            GatewayError::CallbackReceiverTimeout("10000 ms".into()),
         ]
     }
 
@@ -306,6 +351,12 @@ mod tests {
                 (502, 50203, "upstream_response_too_large"),
                 (502, 50204, "bad_upstream_response"),
                 (504, 50401, "upstream_timeout"),
+                (401, 40102, "bad_callback_signature"),
+                (401, 40103, "stale_callback"),
+                (409, 40901, "callback_in_progress"),
+                (503, 50301, "replay_store_unavailable"),
+                (502, 50205, "callback_receiver_unreachable"),
+                (504, 50402, "callback_receiver_timeout"),
             ]
         );
     }
@@ -346,8 +397,12 @@ mod tests {
     fn every_error_says_whose_fault_it_is() {
         for e in every_variant() {
             // A busy upstream refuses with 429 although it is not the caller's doing.
-            let upstream = e.status() >= 500 || e.kind() == "upstream_busy";
-            let expected = if upstream { ErrorSource::Upstream } else { ErrorSource::Caller };
+            let expected = match e.status() {
+                _ if e.kind() == "upstream_busy" => ErrorSource::Upstream,
+                ..=499 => ErrorSource::Caller,
+                503 => ErrorSource::Internal,
+                _ => ErrorSource::Upstream,
+            };
             assert_eq!(e.source(), expected, "{e:?}");
         }
     }

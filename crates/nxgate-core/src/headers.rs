@@ -57,6 +57,27 @@ pub fn forwardable_request_headers(headers: &HeaderMap) -> impl Iterator<Item = 
     })
 }
 
+/// Headers the gateway sets on a delivered callback; a sender's own copies are dropped.
+pub const CALLBACK_TENANT_HEADER: &str = "x-nxgate-tenant";
+
+/// Set to `true` on the answer to a callback that was already delivered.
+pub const CALLBACK_DUPLICATE_HEADER: &str = "x-nxgate-duplicate";
+
+/// A verified callback's headers that go to the receiver, in order: everything but
+/// hop-by-hop headers, the five signature headers (the receiver trusts the gateway, not
+/// them), `Host`, `Content-Length`, `Expect` and the headers the gateway itself sets
+/// (`x-nxgate-tenant`, `x-nxgate-duplicate`, `x-request-id`), so a sender cannot forge them.
+pub fn forwardable_callback_headers(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &http::HeaderValue)> {
+    let listed = connection_tokens(headers);
+    headers.iter().filter(move |(name, _)| {
+        let n = name.as_str();
+        !(is_hop_by_hop(name, &listed)
+            || sig::ALL_LOWERCASE.contains(&n)
+            || matches!(n, "host" | "content-length" | "expect")
+            || matches!(n, CALLBACK_TENANT_HEADER | CALLBACK_DUPLICATE_HEADER | REQUEST_ID_HEADER))
+    })
+}
+
 /// The upstream's headers that must not reach the caller (each name once).
 /// Removing them from the upstream header, rather than copying the rest into a new one,
 /// keeps the upstream's header-name spelling (`requestID`, not `requestid`).
@@ -131,5 +152,27 @@ mod tests {
         ]);
         let dropped: Vec<String> = unforwardable_response_headers(&h).iter().map(|n| n.to_string()).collect();
         assert_eq!(dropped, ["content-length", "transfer-encoding", "connection", "x-request-id"]);
+    }
+
+    #[test]
+    fn a_callback_keeps_content_type_and_loses_signature_hop_by_hop_and_gateway_headers() {
+        let m = map(&[
+            ("content-type", "application/json"),
+            ("requestID", "r"),
+            ("uuid", "u"),
+            ("createTs", "1"),
+            ("sign", "AB"),
+            ("algorithm", "MD5"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("host", "gw"),
+            ("content-length", "2"),
+            ("x-nxgate-tenant", "forged"),
+            ("x-request-id", "forged"),
+            ("x-nxgate-duplicate", "true"),
+            ("user-agent", "nxcloud"),
+        ]);
+        let kept: Vec<_> = forwardable_callback_headers(&m).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kept, ["content-type", "user-agent"]);
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Module map, in the order a request meets them: `tenants` (who is calling), `routes`
 //! (may this path go out), `headers` (what crosses), `signing` (sign the exact body),
-//! `verify` (check the answer), `errors` (the refusal contract and its one wire
+//! `verify` (check the answer), `callback` (check what NXCloud sends us), `errors` (the refusal contract and its one wire
 //! rendering). `config` turns the file format into the validated model the gateway runs
 //! on; `secret` holds key material; `clock` is the one wall clock. For NXCloud's own
 //! answers: `vendor` (its codes), `backoff` (after "busy"), `gzip` (bounded decoding);
@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod callback;
 pub mod clock;
 pub mod config;
 pub mod errors;

@@ -21,6 +21,8 @@ pub struct TenantDirectory {
     /// (digest, index into `tenants`), flattened across tenants.
     keys: Vec<([u8; 32], u32)>,
     default: Option<usize>,
+    /// uuid → index into `tenants` (uuids are unique and not secret).
+    uuids: std::collections::HashMap<String, usize>,
 }
 
 impl TenantDirectory {
@@ -31,7 +33,8 @@ impl TenantDirectory {
             .enumerate()
             .flat_map(|(i, t)| t.client_key_hashes.iter().map(move |h| (*h, i as u32)))
             .collect();
-        TenantDirectory { tenants: tenants.into_iter().map(Arc::new).collect(), keys, default }
+        let uuids = tenants.iter().enumerate().map(|(i, t)| (t.uuid.clone(), i)).collect();
+        TenantDirectory { tenants: tenants.into_iter().map(Arc::new).collect(), keys, default, uuids }
     }
 
     /// All tenants, in config order.
@@ -42,6 +45,11 @@ impl TenantDirectory {
     /// The tenant named `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Tenant>> {
         self.tenants.iter().find(|t| t.name == name)
+    }
+
+    /// The tenant whose `uuid` is exactly `uuid` (callbacks name their account this way).
+    pub fn by_uuid(&self, uuid: &str) -> Option<&Arc<Tenant>> {
+        self.uuids.get(uuid).map(|&i| &self.tenants[i])
     }
 
     /// Picks the tenant for a request from its `Authorization` header values.
@@ -120,6 +128,7 @@ mod tests {
             algorithm: Algorithm::Md5,
             client_key_hashes: keys.iter().map(|k| Sha256::digest(k.as_bytes()).into()).collect(),
             secret_source: "test".into(),
+            callbacks_forward_to: None,
             rate_limit: None,
             max_in_flight: None,
         }

@@ -10,10 +10,12 @@
 //! `upstream` (NXCloud's pool and one exchange on it). `ratelimit` admits requests.
 //! `runtime` sets the stage: `server` (Pingora's server and listeners), `generation`
 //! (one config's worth of state, swapped atomically), `reload`, `lifecycle` (ready,
-//! drain), `admin`, `metrics`, `logging`. `cli` is the command line: `args`,
+//! drain), `admin`, `metrics`, `logging`. `callbacks` is the callback listener (NXCloud → receiver: verify, deliver once).
+//! `cli` is the command line: `args`,
 //! `commands`, `demo`.
 #![warn(missing_docs)]
 
+pub mod callbacks;
 pub mod cli;
 pub mod net;
 pub mod pipeline;

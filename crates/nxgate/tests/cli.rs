@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 fn nxgate(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nxgate"));
+    let mut c = Command::new(nxgate_bin());
     c.args(args)
         .env("NXGATE_TEST_SECRET_A", SECRET_A)
         .env("NXGATE_TEST_SECRET_B", SECRET_B)
@@ -36,6 +36,27 @@ fn check_accepts_a_valid_config_and_prints_a_summary_without_secrets() {
     for s in NEVER_LOGGED {
         assert!(!stdout.contains(s));
     }
+}
+
+#[test]
+fn check_prints_the_callback_listener_its_receivers_and_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("cb.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("cb.key"), key.serialize_pem()).unwrap();
+    let mut opts = GatewayOptions::new("https://nxbot.nxcloud.com".into());
+    opts.extra_top = "callbacks:\n  listen: [\"127.0.0.1:8443\"]\n  forward_to: \"http://10.0.0.5:8081\"\n  tls: { cert_file: cb.pem, key_file: cb.key }\n".into();
+    opts.tenant_b_extra = "    callbacks_forward_to: \"http://sales-svc:9000\"\n".into();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, opts.yaml("127.0.0.1:8080".parse().unwrap())).unwrap();
+    let out = nxgate(&["check", "-c", path.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("callbacks: listen 127.0.0.1:8443 (HTTPS, cert cb.pem, key cb.key)"), "{stdout}");
+    assert!(stdout.contains("receiver http://10.0.0.5:8081"), "{stdout}");
+    assert!(stdout.contains("receiver for tenant-b: http://sales-svc:9000"), "{stdout}");
+    assert!(!stdout.contains("PRIVATE KEY"));
 }
 
 #[test]

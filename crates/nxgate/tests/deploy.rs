@@ -341,13 +341,18 @@ fn systemd_unit_commands_and_credentials_match_the_edge_config() {
     // Every secret the edge config reads is a credential the unit loads, at the path
     // systemd gives it, and the other way round.
     let prefix = "/run/credentials/nxgate.service/";
+    let tls = &edge["callbacks"]["tls"];
+    let tls_files = [s(&tls["cert_file"]), s(&tls["key_file"])];
     let wanted: BTreeSet<String> = edge["tenants"]
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|t| {
-            let f = s(&t["secret_file"]);
-            f.strip_prefix(prefix).unwrap_or_else(|| panic!("edge secret_file {f} is not under {prefix}")).to_owned()
+        .map(|t| s(&t["secret_file"]))
+        .chain(tls_files)
+        .map(|f| {
+            f.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("edge secret or TLS file {f} is not under {prefix}"))
+                .to_owned()
         })
         .collect();
     let loaded: BTreeSet<String> =
@@ -371,8 +376,14 @@ fn systemd_unit_commands_and_credentials_match_the_edge_config() {
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("credentials");
     std::fs::create_dir(&creds).unwrap();
+    let (cert_pem, key_pem) = dummy_tls_pair();
     for name in &loaded {
-        std::fs::write(creds.join(name), "dummy-secret-for-the-unit-test\n").unwrap();
+        let contents = match name {
+            n if tls_files[0].ends_with(n.as_str()) => cert_pem.clone(),
+            n if tls_files[1].ends_with(n.as_str()) => key_pem.clone(),
+            _ => "dummy-secret-for-the-unit-test\n".to_owned(),
+        };
+        std::fs::write(creds.join(name), contents).unwrap();
     }
     let config = dir.path().join("nxgate.yaml");
     std::fs::write(&config, read("conf/edge.yaml").replace(prefix, &format!("{}/", creds.display()))).unwrap();
@@ -389,8 +400,7 @@ fn systemd_unit_commands_and_credentials_match_the_edge_config() {
             }
         }
         assert!(!words.iter().any(|w| w.contains('$')), "{key}: unexpanded variable in {words:?}");
-        let out =
-            run(Command::new(env!("CARGO_BIN_EXE_nxgate")).args(&words[1..]).env_clear().envs(env.iter().copied()));
+        let out = run(Command::new(nxgate_bin()).args(&words[1..]).env_clear().envs(env.iter().copied()));
         assert!(out.status.success() && text(&out).contains("config OK"), "{key} {words:?}:\n{}", text(&out));
     }
     // And ExecStart is the same binary serving the same file.
@@ -570,9 +580,21 @@ fn kubernetes_central_is_redundant_shared_and_scaled() {
     }
 
     let selector = &deployment["spec"]["selector"]["matchLabels"];
-    let service = one(&res, "Service");
+    let services: Vec<&Value> = res.iter().filter(|(k, _)| k == "Service").map(|(_, r)| r).collect();
+    let named = |name: &str| *services.iter().find(|v| s(&v["metadata"]["name"]) == name).expect(name);
+    let service = named("nxgate");
     assert_eq!(&service["spec"]["selector"], selector);
     assert_eq!(s(&service["spec"]["ports"][0]["targetPort"]), "http");
+    assert_eq!(service["spec"]["ports"].as_sequence().unwrap().len(), 1, "the proxy Service publishes only the proxy");
+
+    // The callback port is its own Service, on the container port the config listens on.
+    let callbacks = named("nxgate-callbacks");
+    assert_eq!(&callbacks["spec"]["selector"], selector);
+    assert_eq!(s(&callbacks["spec"]["ports"][0]["targetPort"]), "callbacks");
+    let port = c["ports"].as_sequence().unwrap().iter().find(|p| s(&p["name"]) == "callbacks").expect("callbacks port");
+    let listen = format!("0.0.0.0:{}", int(&port["containerPort"]));
+    assert_eq!(config["callbacks"]["listen"], Value::from(vec![listen]), "the callbacks Service reaches the listener");
+    assert_eq!(services.len(), 2);
     let pdb = one(&res, "PodDisruptionBudget");
     assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
     let hpa = one(&res, "HorizontalPodAutoscaler");
@@ -585,13 +607,20 @@ fn kubernetes_central_is_redundant_shared_and_scaled() {
 
 // ---------------------------------------------------------------- conf/
 
+/// A self-signed certificate and its key (PEM), for configs that name TLS files.
+fn dummy_tls_pair() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 /// `nxgate check` on a config with every secret it names supplied as a dummy:
 /// environment variables set, files created (the config rewritten to point at them).
 fn check_with_dummy_secrets(rel: &str) -> Output {
     let config: Value = serde_yaml::from_str(&read(rel)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut text = read(rel);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nxgate"));
+    let mut cmd = Command::new(nxgate_bin());
     cmd.env_clear();
     for (i, t) in config["tenants"].as_sequence().unwrap().iter().enumerate() {
         if let Some(var) = t["secret_env"].as_str() {
@@ -602,6 +631,17 @@ fn check_with_dummy_secrets(rel: &str) -> Output {
             std::fs::write(&dummy, format!("dummy-secret-{i}\n")).unwrap();
             assert_eq!(text.matches(file).count(), 1, "{rel}: {file} named once");
             text = text.replace(file, &dummy.display().to_string());
+        }
+    }
+    // TLS files (listen_tls, callbacks.tls): a real, throwaway pair.
+    let (cert_pem, key_pem) = dummy_tls_pair();
+    for (i, tls) in [&config["listen_tls"], &config["callbacks"]["tls"]].into_iter().enumerate() {
+        for (field, pem) in [("cert_file", &cert_pem), ("key_file", &key_pem)] {
+            if let Some(file) = tls[field].as_str() {
+                let dummy = dir.path().join(format!("tls-{i}-{field}.pem"));
+                std::fs::write(&dummy, pem).unwrap();
+                text = text.replace(file, &dummy.display().to_string());
+            }
         }
     }
     let path = dir.path().join(Path::new(rel).file_name().unwrap());

@@ -37,9 +37,49 @@ pub struct FileConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
-    /// Where rate-limit state lives.
+    /// Where rate-limit state lives (and, with `kind: "redis"`, the callback replay memory).
     #[serde(default)]
     pub rate_limit_backend: RateLimitBackendFile,
+    /// HTTPS on the proxy listeners; `null` = plain HTTP.
+    #[serde(default)]
+    pub listen_tls: Option<TlsFile>,
+    /// The callback listener (NXCloud → gateway → internal receiver); absent = none.
+    #[serde(default)]
+    pub callbacks: Option<CallbacksFile>,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+/// `callbacks:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksFile {
+    /// Addresses NXCloud's callbacks arrive on.
+    #[serde(default = "defaults::callbacks_listen")]
+    pub listen: Vec<String>,
+    /// The internal receiver, `http://host[:port]`; the callback's path and query are appended.
+    #[serde(default = "defaults::callbacks_forward_to")]
+    pub forward_to: String,
+    /// Path prefixes a callback may arrive on; anything else is 404.
+    #[serde(default = "defaults::callbacks_allow_prefixes")]
+    pub allow_prefixes: Vec<String>,
+    /// Limit on the whole exchange with the receiver.
+    #[serde(default = "defaults::receiver_timeout_ms")]
+    pub receiver_timeout_ms: u64,
+    /// Most (tenant, requestID) pairs the in-process replay memory holds.
+    #[serde(default = "defaults::replay_memory_entries")]
+    pub replay_memory_entries: u64,
+    /// HTTPS on the callback listener; `null` = plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
 }
 
 /// Where rate-limit state lives.
@@ -296,6 +336,9 @@ pub struct TenantFile {
     /// Most concurrent requests for this tenant; absent = unlimited.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// This tenant's callback receiver, overriding `callbacks.forward_to`.
+    #[serde(default)]
+    pub callbacks_forward_to: Option<String>,
     /// Inline secrets are refused. The value is read into `IgnoredAny`, so it is never kept,
     /// and the refusal can name the field instead of calling it merely "unknown".
     #[serde(default, alias = "secretKey", alias = "secret_key")]
@@ -374,5 +417,25 @@ pub mod defaults {
         ]
         .map(str::to_owned)
         .to_vec()
+    }
+    /// `callbacks.listen`.
+    pub fn callbacks_listen() -> Vec<String> {
+        vec!["0.0.0.0:8443".to_owned()]
+    }
+    /// `callbacks.forward_to`.
+    pub fn callbacks_forward_to() -> String {
+        "http://127.0.0.1:8081".to_owned()
+    }
+    /// `callbacks.allow_prefixes`.
+    pub fn callbacks_allow_prefixes() -> Vec<String> {
+        vec!["/".to_owned()]
+    }
+    /// `callbacks.receiver_timeout_ms`.
+    pub fn receiver_timeout_ms() -> u64 {
+        10_000
+    }
+    /// `callbacks.replay_memory_entries`.
+    pub fn replay_memory_entries() -> u64 {
+        100_000
     }
 }

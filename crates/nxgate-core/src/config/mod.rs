@@ -103,6 +103,58 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Where rate-limit state lives.
     pub rate_limit_backend: RateLimitBackend,
+    /// HTTPS identity of the proxy listeners; `None` = plain HTTP.
+    pub listen_tls: Option<TlsIdentity>,
+    /// The callback listener, if configured.
+    pub callbacks: Option<CallbacksConfig>,
+}
+
+/// The validated `callbacks:` block.
+#[derive(Debug, Clone)]
+pub struct CallbacksConfig {
+    /// Callback listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// The default internal receiver.
+    pub forward_to: Receiver,
+    /// Path prefixes a callback may arrive on.
+    pub allow_prefixes: Vec<String>,
+    /// Limit on the whole exchange with the receiver.
+    pub receiver_timeout: Duration,
+    /// Most entries the in-process replay memory holds.
+    pub replay_memory_entries: usize,
+    /// HTTPS identity; `None` = plain HTTP.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// An internal callback receiver: `http://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receiver {
+    /// Host name or IP literal (no brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `Host` header value.
+    pub authority: String,
+}
+
+impl Receiver {
+    /// The receiver as a URL, for summaries.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.authority)
+    }
+}
+
+/// A listener's certificate chain and key, read and checked at load (and at every reload).
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    /// The certificate file, as configured (for summaries and messages).
+    pub cert_file: PathBuf,
+    /// The key file, as configured.
+    pub key_file: PathBuf,
+    /// The chain (DER), leaf first.
+    pub cert_chain: Vec<Vec<u8>>,
+    /// The private key (DER), kept like a secret.
+    pub key_der: Secret,
 }
 
 /// The validated `rate_limit_backend:` block.
@@ -170,6 +222,8 @@ pub struct Tenant {
     pub max_in_flight: Option<u32>,
     /// Where the secret came from (`env NAME` or `file PATH`), for summaries; never the value.
     pub secret_source: String,
+    /// This tenant's callback receiver, overriding `callbacks.forward_to`.
+    pub callbacks_forward_to: Option<Receiver>,
 }
 
 /// Where secrets come from; the process environment in production, a map in tests.
@@ -256,16 +310,7 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
     let request_header_timeout =
         positive_ms("limits.request_header_timeout_ms", limits.request_header_timeout_ms, &mut p);
 
-    if file.routes.allow_prefixes.is_empty() {
-        p.add("routes.allow_prefixes", "at least one prefix is required (nothing could be proxied)");
-    }
-    for (i, prefix) in file.routes.allow_prefixes.iter().enumerate() {
-        if !prefix.starts_with('/') {
-            p.add(format!("routes.allow_prefixes[{i}]"), format!("{prefix:?} must start with '/'"));
-        } else if prefix.split('/').any(|seg| seg == "." || seg == "..") || prefix.contains('%') {
-            p.add(format!("routes.allow_prefixes[{i}]"), "must not contain dot segments or percent-encoding");
-        }
-    }
+    validate_prefixes("routes.allow_prefixes", &file.routes.allow_prefixes, &mut p);
     for (i, path) in file.routes.idempotent_paths.iter().enumerate() {
         if !path.starts_with('/') {
             p.add(format!("routes.idempotent_paths[{i}]"), format!("{path:?} must be a full path starting with '/'"));
@@ -331,10 +376,22 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
         }
     }
 
+    let listen_tls = file.listen_tls.as_ref().and_then(|t| read_tls_identity("listen_tls", t, base, &mut p));
+    let callbacks = file.callbacks.as_ref().and_then(|c| validate_callbacks(c, &listen, admin_listen, base, &mut p));
+    if callbacks.is_none() {
+        for (i, t) in file.tenants.iter().enumerate() {
+            if t.callbacks_forward_to.is_some() && file.callbacks.is_none() {
+                p.add(format!("tenants[{i}].callbacks_forward_to"), "needs a callbacks: section");
+            }
+        }
+    }
+
     if !p.0.is_empty() {
         return Err(p.0);
     }
     Ok(GatewayConfig {
+        listen_tls,
+        callbacks,
         admin_listen,
         shutdown_grace: Duration::from_secs(file.shutdown_grace_secs),
         rate_limit_backend: RateLimitBackend {
@@ -353,6 +410,125 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
         idempotent_paths: file.routes.idempotent_paths,
         tenants,
         default_tenant,
+    })
+}
+
+fn validate_prefixes(field: &str, prefixes: &[String], p: &mut Problems) {
+    if prefixes.is_empty() {
+        p.add(field, "at least one prefix is required (nothing could pass)");
+    }
+    for (i, prefix) in prefixes.iter().enumerate() {
+        if !prefix.starts_with('/') {
+            p.add(format!("{field}[{i}]"), format!("{prefix:?} must start with '/'"));
+        } else if prefix.split('/').any(|seg| seg == "." || seg == "..") || prefix.contains('%') {
+            p.add(format!("{field}[{i}]"), "must not contain dot segments or percent-encoding");
+        }
+    }
+}
+
+fn validate_callbacks(
+    c: &file::CallbacksFile,
+    listen: &[SocketAddr],
+    admin: Option<SocketAddr>,
+    base: &Path,
+    p: &mut Problems,
+) -> Option<CallbacksConfig> {
+    let before = p.0.len();
+    if c.listen.is_empty() {
+        p.add("callbacks.listen", "at least one address is required (or remove the callbacks section)");
+    }
+    let mut addrs = Vec::new();
+    for (i, a) in c.listen.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            // Port 0 is a fresh kernel-picked port for each listener, so it never clashes.
+            Ok(addr) if addr.port() != 0 && (listen.contains(&addr) || admin == Some(addr)) => {
+                p.add(format!("callbacks.listen[{i}]"), "must differ from every listen and admin_listen address")
+            }
+            Ok(addr) => addrs.push(addr),
+            Err(_) => p.add(format!("callbacks.listen[{i}]"), format!("{a:?} is not an IP:port address")),
+        }
+    }
+    let forward_to = parse_receiver("callbacks.forward_to", &c.forward_to, p);
+    validate_prefixes("callbacks.allow_prefixes", &c.allow_prefixes, p);
+    let receiver_timeout = positive_ms("callbacks.receiver_timeout_ms", c.receiver_timeout_ms, p);
+    let replay_memory_entries = positive_size("callbacks.replay_memory_entries", c.replay_memory_entries, p);
+    let tls = c.tls.as_ref().and_then(|t| read_tls_identity("callbacks.tls", t, base, p));
+    if p.0.len() > before {
+        return None;
+    }
+    Some(CallbacksConfig {
+        listen: addrs,
+        forward_to: forward_to?,
+        allow_prefixes: c.allow_prefixes.clone(),
+        receiver_timeout,
+        replay_memory_entries,
+        tls,
+    })
+}
+
+/// `http://host[:port]` and nothing else: the receiver is on the internal network and the
+/// callback's own path and query are appended.
+fn parse_receiver(field: &str, url: &str, p: &mut Problems) -> Option<Receiver> {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        p.add(field, format!("{url:?} is not a URL"));
+        return None;
+    };
+    if uri.scheme_str() != Some("http") {
+        p.add(field, "must be http://host[:port] (the receiver is an internal service)");
+        return None;
+    }
+    let Some(auth) = uri.authority() else {
+        p.add(field, "has no host");
+        return None;
+    };
+    if auth.as_str().contains('@') {
+        p.add(field, "must not contain user info");
+        return None;
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        p.add(field, "must be http://host[:port] only; the callback's path and query are appended as-is");
+        return None;
+    }
+    Some(Receiver {
+        host: auth.host().trim_start_matches('[').trim_end_matches(']').to_owned(),
+        port: auth.port_u16().unwrap_or(80),
+        authority: auth.as_str().to_owned(),
+    })
+}
+
+/// Largest certificate or key file read.
+const MAX_TLS_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads and checks a certificate chain and its key. Messages name files, never key bytes.
+fn read_tls_identity(field: &str, t: &file::TlsFile, base: &Path, p: &mut Problems) -> Option<TlsIdentity> {
+    let cert_chain = match read_pem_certs(&resolve(base, &t.cert_file)) {
+        Ok(c) => Some(c),
+        Err(msg) => {
+            p.add(format!("{field}.cert_file"), msg);
+            None
+        }
+    };
+    let key_path = resolve(base, &t.key_file);
+    let key =
+        crate::secret::read_small_file(&key_path, MAX_TLS_FILE_BYTES).and_then(
+            |data| match rustls_pemfile::private_key(&mut data.as_slice()) {
+                Ok(Some(key)) => Ok(Secret::new(key.secret_der().to_vec())),
+                Ok(None) => Err(format!("{} holds no PEM private key", key_path.display())),
+                Err(_) => Err(format!("{}: bad PEM", key_path.display())),
+            },
+        );
+    let key = match key {
+        Ok(k) => Some(k),
+        Err(msg) => {
+            p.add(format!("{field}.key_file"), msg);
+            None
+        }
+    };
+    Some(TlsIdentity {
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+        cert_chain: cert_chain?,
+        key_der: key?,
     })
 }
 
@@ -545,8 +721,11 @@ fn validate_tenants(tenants: &[TenantFile], base: &Path, env: &dyn Environment, 
         if t.max_in_flight == Some(0) {
             p.add(at("max_in_flight"), "must be greater than 0 (omit it for unlimited)");
         }
+        let callbacks_forward_to =
+            t.callbacks_forward_to.as_ref().and_then(|url| parse_receiver(&at("callbacks_forward_to"), url, p));
         if let Some(secret) = secret {
             out.push(Tenant {
+                callbacks_forward_to,
                 rate_limit,
                 max_in_flight: t.max_in_flight,
                 name: t.name.clone(),

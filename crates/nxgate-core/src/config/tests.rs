@@ -184,6 +184,95 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(shipped.admin_listen, minimal.admin_listen);
     assert_eq!(shipped.shutdown_grace, minimal.shutdown_grace);
     assert_eq!(shipped.rate_limit_backend, minimal.rate_limit_backend);
+    assert!(shipped.listen_tls.is_none() && minimal.listen_tls.is_none());
+    assert!(shipped.callbacks.is_none() && minimal.callbacks.is_none());
+    assert_eq!(shipped.tenants[0].callbacks_forward_to, minimal.tenants[0].callbacks_forward_to);
+
+    // The commented `callbacks:` block, uncommented, states the defaults of `callbacks: {}`.
+    let block: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("# callbacks:"))
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{}\n", &l[2..]))
+        .collect();
+    assert!(block.starts_with("callbacks:\n") && block.lines().count() > 5, "{block}");
+    let shipped = load_text(&format!("{MINIMAL}{block}")).unwrap().callbacks.unwrap();
+    let minimal = load_text(&format!("{MINIMAL}callbacks: {{}}\n")).unwrap().callbacks.unwrap();
+    assert_eq!(shipped.listen, minimal.listen);
+    assert_eq!(shipped.forward_to, minimal.forward_to);
+    assert_eq!(shipped.allow_prefixes, minimal.allow_prefixes);
+    assert_eq!(shipped.receiver_timeout, minimal.receiver_timeout);
+    assert_eq!(shipped.replay_memory_entries, minimal.replay_memory_entries);
+    assert!(shipped.tls.is_none() && minimal.tls.is_none());
+}
+
+#[test]
+fn callbacks_get_the_documented_defaults() {
+    let c = load_text(&format!("{MINIMAL}callbacks: {{}}\n")).unwrap().callbacks.unwrap();
+    assert_eq!(c.listen, vec!["0.0.0.0:8443".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(c.forward_to, Receiver { host: "127.0.0.1".into(), port: 8081, authority: "127.0.0.1:8081".into() });
+    assert_eq!(c.allow_prefixes, vec!["/".to_owned()]);
+    assert_eq!(c.receiver_timeout, Duration::from_millis(10_000));
+    assert_eq!(c.replay_memory_entries, 100_000);
+    assert!(c.tls.is_none());
+    assert!(load_text(MINIMAL).unwrap().callbacks.is_none(), "no callbacks key, no callback listener");
+}
+
+#[test]
+fn callbacks_are_validated_field_by_field() {
+    let with = |block: &str| format!("{MINIMAL}callbacks:\n{block}\n");
+    assert_problem(&with("  listen: [\"127.0.0.1:8080\"]"), "callbacks.listen[0]");
+    assert_problem(&with("  listen: [\"127.0.0.1:9090\"]"), "callbacks.listen[0]");
+    assert_problem(&with("  listen: []"), "callbacks.listen");
+    assert_problem(&with("  listen: [\"nowhere\"]"), "callbacks.listen[0]");
+    assert_problem(&with("  forward_to: \"https://svc:8081\""), "callbacks.forward_to");
+    assert_problem(&with("  forward_to: \"http://svc:8081/hooks\""), "callbacks.forward_to");
+    assert_problem(&with("  allow_prefixes: [\"hooks\"]"), "callbacks.allow_prefixes[0]");
+    assert_problem(&with("  receiver_timeout_ms: 0"), "callbacks.receiver_timeout_ms");
+    assert_problem(&with("  replay_memory_entries: 0"), "callbacks.replay_memory_entries");
+    assert_problem(
+        &with("  tls: { cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem }"),
+        "callbacks.tls.cert_file",
+    );
+    assert_problem(
+        &with("  tls: { cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem }"),
+        "callbacks.tls.key_file",
+    );
+    assert_problem(&with("  listn: []"), "listn");
+}
+
+#[test]
+fn a_tenant_may_name_its_own_callback_receiver() {
+    let text = MINIMAL.replace(
+        "    secret_env: NXGATE_ACME_SECRET\n",
+        "    secret_env: NXGATE_ACME_SECRET\n    callbacks_forward_to: \"http://sales-svc:9000\"\n",
+    );
+    let c = load_text(&format!("{text}callbacks: {{}}\n")).unwrap();
+    assert_eq!(c.tenants[0].callbacks_forward_to.as_ref().unwrap().url(), "http://sales-svc:9000");
+    assert_problem(&text, "tenants[0].callbacks_forward_to");
+    let bad = text.replace("http://sales-svc:9000", "ftp://x");
+    assert_problem(&format!("{bad}callbacks: {{}}\n"), "tenants[0].callbacks_forward_to");
+}
+
+#[test]
+fn tls_files_are_read_and_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("junk.pem"), "not pem").unwrap();
+    let path = dir.path().join("nxgate.yaml");
+    let tls = "{ cert_file: c.pem, key_file: k.pem }";
+    let c = parse(&format!("{MINIMAL}listen_tls: {tls}\ncallbacks: {{ tls: {tls} }}\n"), &path, &env()).unwrap();
+    let id = c.callbacks.unwrap().tls.unwrap();
+    assert_eq!(id.cert_chain.len(), 1);
+    assert_eq!(id.key_der.expose(), key.serialize_der().as_slice());
+    assert!(!format!("{id:?}").contains(&hex::encode(key.serialize_der())));
+    assert!(c.listen_tls.is_some());
+    let bad = parse(&format!("{MINIMAL}listen_tls: {{ cert_file: c.pem, key_file: junk.pem }}\n"), &path, &env());
+    let err = bad.unwrap_err().to_string();
+    assert!(err.contains("listen_tls.key_file"), "{err}");
 }
 
 #[test]

@@ -156,7 +156,12 @@ pub fn healthcheck(url: &str) -> ExitCode {
 pub fn summary(c: &GatewayConfig) -> String {
     let mut out = String::new();
     let scheme = if c.upstream.tls { "https" } else { "http" };
-    out.push_str(&format!("listen: {}\n", c.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")));
+    let addrs = |a: &[std::net::SocketAddr]| a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    let tls = |t: &Option<nxgate_core::config::TlsIdentity>| match t {
+        None => "plain HTTP".to_owned(),
+        Some(t) => format!("HTTPS, cert {}, key {}", t.cert_file.display(), t.key_file.display()),
+    };
+    out.push_str(&format!("listen: {} ({})\n", addrs(&c.listen), tls(&c.listen_tls)));
     out.push_str(&format!("upstream: {scheme}://{}", c.upstream.authority));
     if !c.upstream.extra_roots.is_empty() {
         out.push_str(&format!(" (+{} extra CA certificates)", c.upstream.extra_roots.len()));
@@ -188,6 +193,30 @@ pub fn summary(c: &GatewayConfig) -> String {
             t.client_key_hashes.len(),
             t.secret_source
         ));
+    }
+    match &c.callbacks {
+        None => out.push_str("callbacks: off\n"),
+        Some(cb) => {
+            out.push_str(&format!("callbacks: listen {} ({})\n", addrs(&cb.listen), tls(&cb.tls)));
+            out.push_str(&format!(
+                "  receiver {} (timeout {} ms), paths {}\n",
+                cb.forward_to.url(),
+                cb.receiver_timeout.as_millis(),
+                cb.allow_prefixes.join(", ")
+            ));
+            for t in &c.tenants {
+                if let Some(r) = &t.callbacks_forward_to {
+                    out.push_str(&format!("  receiver for {}: {}\n", t.name, r.url()));
+                }
+            }
+            let replay = match c.rate_limit_backend.kind {
+                nxgate_core::config::RateLimitKind::Redis => "Redis (rate_limit_backend)".to_owned(),
+                nxgate_core::config::RateLimitKind::Local => {
+                    format!("in process, at most {} entries", cb.replay_memory_entries)
+                }
+            };
+            out.push_str(&format!("  replay memory: {replay}\n"));
+        }
     }
     out
 }

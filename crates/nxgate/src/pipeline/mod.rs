@@ -16,13 +16,14 @@ pub mod answers;
 pub mod exchange;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::net::body;
 use crate::net::upstream::UpstreamResponse;
 use crate::ratelimit::{self, InFlightSlot, RateDecision, RateState};
 use crate::runtime::generation::{Generation, Live};
@@ -41,9 +42,7 @@ use nxgate_core::signing;
 /// of the next request header (Pingora's HTTP/1.1 default would be to wait forever).
 pub const DOWNSTREAM_KEEPALIVE_SECS: u64 = 60;
 
-/// Time allowed to receive a whole request body, so a slow sender cannot hold a
-/// buffer and a task forever.
-pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::net::body::REQUEST_BODY_TIMEOUT;
 
 /// Per-request state, read by the access log.
 #[derive(Debug)]
@@ -294,33 +293,7 @@ fn route(g: &Generation, req: &RequestHeader) -> Result<String, GatewayError> {
 /// Step 3: refuse ambiguous framing and oversized declared bodies before reading a byte.
 /// Returns the declared Content-Length, if any.
 fn check_framing(g: &Generation, session: &Session) -> Result<Option<usize>, GatewayError> {
-    let req = session.req_header();
-    let limit = g.config.max_request_body_bytes;
-    // Pingora deletes Content-Length when Transfer-Encoding is present (and then reads the
-    // body as chunked); a request carrying both is a smuggling attempt, so look at the raw
-    // header bytes, where the deleted line still is.
-    if req.headers.contains_key(http::header::TRANSFER_ENCODING) && session.as_downstream().as_http1().is_some() {
-        let raw = session.as_downstream().to_h1_raw();
-        let has_cl = raw
-            .split(|&b| b == b'\n')
-            .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"));
-        if has_cl {
-            return Err(GatewayError::BadRequest("both Content-Length and Transfer-Encoding".into()));
-        }
-    }
-    let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let Some(value) = lengths.next() else { return Ok(None) };
-    if lengths.next().is_some() {
-        return Err(GatewayError::BadRequest("more than one Content-Length header".into()));
-    }
-    let text = value.to_str().unwrap_or("");
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(GatewayError::BadRequest("Content-Length is not a number".into()));
-    }
-    match text.parse::<u64>() {
-        Ok(n) if n <= limit as u64 => Ok(Some(n as usize)),
-        _ => Err(GatewayError::BodyTooLarge { limit }),
-    }
+    body::check_framing(session.as_downstream(), g.config.max_request_body_bytes)
 }
 
 /// Step 4: the tenant's concurrency cap, then its rate limit. A refused request is never
@@ -347,40 +320,7 @@ async fn admit(g: &Generation, tenant: &Tenant, ctx: &mut RequestCtx) -> Result<
 
 /// Step 5: the whole body, Content-Length or chunked, up to the limit.
 async fn read_body(g: &Generation, session: &mut Session, declared: Option<usize>) -> Result<Bytes, GatewayError> {
-    let limit = g.config.max_request_body_bytes;
-    let expects_continue = expects_continue(session);
-    if expects_continue {
-        // Answer 100 only now that the caller is authenticated, routed and within limits.
-        // Pingora would close the connection after a 100 sent before the body is read
-        // unless told the body will be read in full (`docs/pingora.md` §6).
-        session.as_downstream_mut().set_close_on_response_before_downstream_finish(false);
-        session
-            .as_downstream_mut()
-            .write_continue_response()
-            .await
-            .map_err(|e| GatewayError::BadRequest(format!("cannot send 100 Continue: {}", e.etype().as_str())))?;
-    }
-    let read = async {
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
-        while let Some(chunk) = session
-            .read_request_body()
-            .await
-            .map_err(|e| GatewayError::BadRequest(format!("reading request body: {}", e.etype().as_str())))?
-        {
-            if buf.len() + chunk.len() > limit {
-                return Err(GatewayError::BodyTooLarge { limit });
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf.freeze())
-    };
-    let result = tokio::time::timeout(REQUEST_BODY_TIMEOUT, read).await.unwrap_or_else(|_| {
-        Err(GatewayError::BadRequest(format!("request body not received within {} s", REQUEST_BODY_TIMEOUT.as_secs())))
-    });
-    if expects_continue {
-        session.as_downstream_mut().set_close_on_response_before_downstream_finish(true);
-    }
-    result
+    body::read_body(session.as_downstream_mut(), g.config.max_request_body_bytes, declared).await
 }
 
 /// Step 5b: with `upstream.request_compression: "decode"`, a gzip body is inflated (never
@@ -412,11 +352,7 @@ fn decode_body(g: &Generation, req: &RequestHeader, body: Bytes) -> Result<(Byte
 }
 
 fn expects_continue(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    body::expects_continue(session.as_downstream())
 }
 
 /// Step 6: the verified upstream response, reframed for the caller.

@@ -30,7 +30,7 @@ use std::time::Duration;
 use crate::runtime::metrics::Metrics;
 use nxgate_core::config::{GatewayConfig, OnRedisError, RateLimit, RateLimitKind, Tenant};
 
-pub use self::redis::{RedisGcra, REDIS_TIMEOUT};
+pub use self::redis::{BackendUnavailable, RedisGcra, RedisLink, REDIS_TIMEOUT};
 
 type Governor = governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -205,7 +205,7 @@ impl Admission {
         let Some(redis) = &self.redis else { return local.check() };
         match redis.check(&t.redis_key, limit).await {
             Ok(decision) => decision,
-            Err(redis::BackendUnavailable) => match self.on_redis_error {
+            Err(BackendUnavailable) => match self.on_redis_error {
                 OnRedisError::LocalFallback => local.check(),
                 OnRedisError::Allow => RateDecision::Allowed(None),
                 OnRedisError::Deny => {

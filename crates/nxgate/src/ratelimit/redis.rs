@@ -1,4 +1,5 @@
-//! Fleet-wide GCRA in Redis: one atomic script call per request.
+//! Fleet-wide GCRA in Redis: one atomic script call per request; and `RedisLink`, the
+//! connection with its circuit breaker, which the callback replay memory uses too.
 //!
 //! The script keeps one value per tenant, its theoretical arrival time (TAT, in
 //! microseconds of Redis's own clock, so replicas with skewed clocks still agree), and
@@ -52,17 +53,28 @@ return {1, 0, math.floor((tolerance - (new_tat - now)) / interval), new_tat - no
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendUnavailable;
 
-/// The Redis backend of one `redis_url`.
-pub struct RedisGcra {
+/// One Redis connection with its circuit breaker: never a connect on the request path
+/// (a background task connects, the connection manager reconnects), every call bounded
+/// by `REDIS_TIMEOUT`, and after a failure no call for `RECONNECT_PAUSE`. Shared by the
+/// rate limiter and the callback replay memory, each with its own link.
+pub struct RedisLink {
     url: Secret,
-    script: redis::Script,
+    /// What this link serves, for the outage log lines.
+    purpose: &'static str,
     connection: ArcSwapOption<ConnectionManager>,
     connecting: AtomicBool,
     connected: Notify,
     outage: AtomicBool,
     /// While `now_ms() < retry_at_ms`, skip Redis and apply the policy at once.
     retry_at_ms: AtomicU64,
-    metrics: Option<Arc<Metrics>>,
+    /// Counts failed or timed-out calls.
+    errors: Option<prometheus::IntCounter>,
+}
+
+/// The Redis backend of one `redis_url`.
+pub struct RedisGcra {
+    link: Arc<RedisLink>,
+    script: redis::Script,
 }
 
 /// Milliseconds on a process-local monotonic clock.
@@ -74,25 +86,58 @@ fn now_ms() -> u64 {
 impl RedisGcra {
     /// A backend for `url`; connects lazily, in the background.
     pub fn new(url: Secret, metrics: Option<Arc<Metrics>>) -> Self {
+        let errors = metrics.map(|m| m.backend_errors.clone());
         RedisGcra {
-            url,
+            link: Arc::new(RedisLink::new(url, "rate-limit backend", errors)),
             script: redis::Script::new(GCRA),
-            connection: ArcSwapOption::empty(),
-            connecting: AtomicBool::new(false),
-            connected: Notify::new(),
-            outage: AtomicBool::new(false),
-            retry_at_ms: AtomicU64::new(0),
-            metrics,
         }
     }
 
     /// The URL this backend talks to (it may hold a password: never log it).
     pub fn url(&self) -> &Secret {
-        &self.url
+        self.link.url()
     }
 
     /// One GCRA step for `key`; `Err` when Redis did not answer in time.
     pub async fn check(self: &Arc<Self>, key: &str, limit: RateLimit) -> Result<RateDecision, BackendUnavailable> {
+        let mut conn = self.link.connection().await?;
+        let interval_us = 1_000_000u64 / u64::from(limit.per_second);
+        let mut invocation = self.script.key(key);
+        invocation.arg(interval_us.max(1)).arg(limit.burst);
+        let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn);
+        let (admitted, retry_us, remaining, reset_us) = self.link.bounded(call).await?;
+        let micros = |v: i64| Duration::from_micros(v.max(0) as u64);
+        let state = RateState { limit, remaining: remaining.max(0) as u32, reset: micros(reset_us) };
+        Ok(if admitted == 1 {
+            RateDecision::Allowed(Some(state))
+        } else {
+            RateDecision::Limited { retry_after: micros(retry_us), state }
+        })
+    }
+}
+
+impl RedisLink {
+    /// A link to `url` serving `purpose`; connects lazily, in the background.
+    pub fn new(url: Secret, purpose: &'static str, errors: Option<prometheus::IntCounter>) -> Self {
+        RedisLink {
+            url,
+            purpose,
+            connection: ArcSwapOption::empty(),
+            connecting: AtomicBool::new(false),
+            connected: Notify::new(),
+            outage: AtomicBool::new(false),
+            retry_at_ms: AtomicU64::new(0),
+            errors,
+        }
+    }
+
+    /// The URL (it may hold a password: never log it).
+    pub fn url(&self) -> &Secret {
+        &self.url
+    }
+
+    /// A connection to call on, unless the breaker is open or none is up within the budget.
+    pub async fn connection(self: &Arc<Self>) -> Result<ConnectionManager, BackendUnavailable> {
         if now_ms() < self.retry_at_ms.load(Ordering::Acquire) {
             return Err(BackendUnavailable);
         }
@@ -106,21 +151,18 @@ impl RedisGcra {
                 self.connection.load_full().ok_or_else(|| self.failed("not connected"))?
             }
         };
-        let mut conn = ConnectionManager::clone(&conn);
-        let interval_us = 1_000_000u64 / u64::from(limit.per_second);
-        let mut invocation = self.script.key(key);
-        invocation.arg(interval_us.max(1)).arg(limit.burst);
-        let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn);
+        Ok(ConnectionManager::clone(&conn))
+    }
+
+    /// Runs one call under `REDIS_TIMEOUT`, opening the breaker on failure.
+    pub async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BackendUnavailable> {
         match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-            Ok(Ok((admitted, retry_us, remaining, reset_us))) => {
+            Ok(Ok(v)) => {
                 self.recovered();
-                let micros = |v: i64| Duration::from_micros(v.max(0) as u64);
-                let state = RateState { limit, remaining: remaining.max(0) as u32, reset: micros(reset_us) };
-                Ok(if admitted == 1 {
-                    RateDecision::Allowed(Some(state))
-                } else {
-                    RateDecision::Limited { retry_after: micros(retry_us), state }
-                })
+                Ok(v)
             }
             Ok(Err(e)) => Err(self.failed(e.category())),
             Err(_) => Err(self.failed("timed out")),
@@ -129,18 +171,18 @@ impl RedisGcra {
 
     fn failed(&self, why: &str) -> BackendUnavailable {
         self.retry_at_ms.store(now_ms() + RECONNECT_PAUSE.as_millis() as u64, Ordering::Release);
-        if let Some(m) = &self.metrics {
-            m.backend_errors.inc();
+        if let Some(c) = &self.errors {
+            c.inc();
         }
         if !self.outage.swap(true, Ordering::AcqRel) {
-            tracing::warn!(why, "rate-limit backend (Redis) unavailable; applying on_redis_error until it is back");
+            tracing::warn!(why, "{} (Redis) unavailable; applying its fallback until it is back", self.purpose);
         }
         BackendUnavailable
     }
 
     fn recovered(&self) {
         if self.outage.swap(false, Ordering::AcqRel) {
-            tracing::info!("rate-limit backend (Redis) is back");
+            tracing::info!("{} (Redis) is back", self.purpose);
         }
     }
 

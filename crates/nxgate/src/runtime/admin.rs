@@ -100,14 +100,14 @@ pub struct Housekeeping {
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        for addr in self.bound.listen.iter().chain(self.bound.admin.iter()) {
+        for addr in self.bound.listen.iter().chain(self.bound.admin.iter()).chain(self.bound.callbacks.iter()) {
             while tokio::net::TcpStream::connect(addr).await.is_err() {
                 tokio::time::sleep(READINESS_POLL).await;
             }
         }
         self.bound.release();
         self.lifecycle.set_ready();
-        tracing::info!(listen = ?self.bound.listen, admin = ?self.bound.admin, "ready");
+        tracing::info!(listen = ?self.bound.listen, admin = ?self.bound.admin, callbacks = ?self.bound.callbacks, "ready");
         if let Some(path) = &self.ready_file {
             if let Err(e) = write_ready_file(path, &self.bound.to_json()) {
                 tracing::error!(path = %path.display(), error = %e, "cannot write the ready file");

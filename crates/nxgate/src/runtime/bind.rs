@@ -16,6 +16,8 @@ pub struct Bound {
     pub listen: Vec<SocketAddr>,
     /// The admin listener.
     pub admin: Option<SocketAddr>,
+    /// Callback listeners, in config order.
+    pub callbacks: Vec<SocketAddr>,
     /// Which of the addresses above were reserved (configured as port 0).
     pub reserved: Vec<SocketAddr>,
     reservations: Mutex<Vec<socket2::Socket>>,
@@ -26,7 +28,12 @@ impl Bound {
     /// binds inside a task and only logs a failure); port 0 is reserved. With `upgrade`,
     /// fixed ports belong to the running instance and are not checked, and port 0 is
     /// refused (the handover matches listeners by address).
-    pub fn resolve(listen: &[SocketAddr], admin: Option<SocketAddr>, upgrade: bool) -> Result<Bound, String> {
+    pub fn resolve(
+        listen: &[SocketAddr],
+        admin: Option<SocketAddr>,
+        callbacks: &[SocketAddr],
+        upgrade: bool,
+    ) -> Result<Bound, String> {
         let mut reservations = Vec::new();
         let mut reserved = Vec::new();
         let mut one = |addr: SocketAddr| -> Result<SocketAddr, String> {
@@ -48,7 +55,8 @@ impl Bound {
         };
         let listen = listen.iter().map(|a| one(*a)).collect::<Result<Vec<_>, _>>()?;
         let admin = admin.map(&mut one).transpose()?;
-        Ok(Bound { listen, admin, reserved, reservations: Mutex::new(reservations) })
+        let callbacks = callbacks.iter().map(|a| one(*a)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Bound { listen, admin, callbacks, reserved, reservations: Mutex::new(reservations) })
     }
 
     /// Whether `addr` came from a port-0 reservation (its listener must set `SO_REUSEPORT`).
@@ -66,6 +74,7 @@ impl Bound {
         serde_json::json!({
             "listen": self.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "admin": self.admin.map(|a| a.to_string()),
+            "callbacks": self.callbacks.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         })
     }
 }
@@ -98,7 +107,8 @@ mod tests {
 
     #[test]
     fn port_zero_is_reserved_and_held_until_released() {
-        let b = Bound::resolve(&["127.0.0.1:0".parse().unwrap()], Some("127.0.0.1:0".parse().unwrap()), false).unwrap();
+        let b = Bound::resolve(&["127.0.0.1:0".parse().unwrap()], Some("127.0.0.1:0".parse().unwrap()), &[], false)
+            .unwrap();
         let (listen, admin) = (b.listen[0], b.admin.unwrap());
         assert_ne!(listen.port(), 0);
         assert_ne!(listen, admin, "two port-0 listeners get two ports");
@@ -122,14 +132,14 @@ mod tests {
 
     #[test]
     fn port_zero_is_refused_for_an_upgrade() {
-        let e = Bound::resolve(&["127.0.0.1:0".parse().unwrap()], None, true).unwrap_err();
+        let e = Bound::resolve(&["127.0.0.1:0".parse().unwrap()], None, &[], true).unwrap_err();
         assert!(e.contains("port 0 cannot be used with --upgrade"), "{e}");
     }
 
     #[test]
     fn a_fixed_port_in_use_is_reported() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let e = Bound::resolve(&[taken.local_addr().unwrap()], None, false).unwrap_err();
+        let e = Bound::resolve(&[taken.local_addr().unwrap()], None, &[], false).unwrap_err();
         assert!(e.starts_with("cannot listen on 127.0.0.1:"), "{e}");
     }
 

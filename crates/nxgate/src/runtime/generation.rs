@@ -8,6 +8,7 @@
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
+use crate::callbacks::CallbackRuntime;
 use crate::net::upstream::Upstream;
 use crate::pipeline::answers::Answers;
 use crate::ratelimit::Admission;
@@ -27,6 +28,8 @@ pub struct Generation {
     pub admission: Admission,
     /// Per-tenant memory of NXCloud's answers (busy back-off, credential alarms).
     pub answers: Answers,
+    /// Callback receivers and the replay memory, if `callbacks:` is configured.
+    pub callbacks: Option<CallbackRuntime>,
 }
 
 impl Generation {
@@ -43,9 +46,10 @@ impl Generation {
         }
         let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
         let upstream = Upstream::new(config.upstream.clone());
+        let callbacks = CallbackRuntime::new(&config, previous.and_then(|p| p.callbacks.as_ref()), metrics.as_ref());
         let admission = Admission::new(&config, previous.map(|p| &p.admission), metrics);
         let answers = Answers::new(&config, previous.map(|p| &p.answers));
-        Generation { config, tenants, upstream, admission, answers }
+        Generation { config, tenants, upstream, admission, answers, callbacks }
     }
 }
 

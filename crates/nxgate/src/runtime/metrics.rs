@@ -89,6 +89,10 @@ pub struct Metrics {
     pub upstream_busy: IntCounterVec,
     /// `nxgate_upstream_backoff_tenants`: tenants backing off after a busy answer now.
     pub backoff_tenants: IntGauge,
+    /// `nxgate_callbacks_total{tenant,outcome}`.
+    pub callbacks: IntCounterVec,
+    /// `nxgate_callback_delivery_duration_seconds{tenant}`: the exchange with the receiver.
+    pub callback_delivery_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -147,6 +151,15 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(header_timeouts.clone())).expect("unique metric");
+        let callbacks = counter(
+            "nxgate_callbacks_total",
+            "Callbacks answered, by tenant and outcome (delivered, duplicate, receiver_error or the refusal kind).",
+            &["tenant", "outcome"],
+        );
+        let callback_delivery_duration = histogram(
+            "nxgate_callback_delivery_duration_seconds",
+            "Time spent delivering a callback to its receiver, seconds.",
+        );
         let draining =
             IntGauge::new("nxgate_draining", "1 while the gateway drains for shutdown.").expect("valid metric");
         registry.register(Box::new(draining.clone())).expect("unique metric");
@@ -185,6 +198,18 @@ impl Metrics {
             header_timeouts,
             build_info,
             draining,
+            callbacks,
+            callback_delivery_duration,
+        }
+    }
+
+    /// Exports every callback series of `tenants` (and `-`) at zero.
+    pub fn export_callback_series<'a>(&self, tenants: impl Iterator<Item = &'a str>) {
+        for tenant in std::iter::once(NO_TENANT).chain(tenants) {
+            for outcome in crate::callbacks::OUTCOMES {
+                self.callbacks.with_label_values(&[tenant, outcome]);
+            }
+            self.callback_delivery_duration.with_label_values(&[tenant]);
         }
     }
 

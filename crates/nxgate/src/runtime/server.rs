@@ -10,14 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::callbacks::CallbackApp;
 use crate::net::downstream::HeaderDeadline;
+use crate::net::tls::CertStore;
 use crate::pipeline::{NxGate, DOWNSTREAM_KEEPALIVE_SECS};
 use crate::runtime::admin::{AdminApp, Housekeeping};
 use crate::runtime::bind::Bound;
 use crate::runtime::generation;
 use crate::runtime::lifecycle::{Lifecycle, Signals};
 use crate::runtime::metrics::Metrics;
-use crate::runtime::reload::Reloader;
+use crate::runtime::reload::{Reloader, TlsStores};
 use nxgate_core::config::GatewayConfig;
 
 /// Seconds each runtime gets to finish its tasks once the grace period is over.
@@ -68,7 +70,12 @@ impl Gateway {
     /// Builds every service for `config`; `config_path` is what reloads read. Fails if a
     /// listen address cannot be had.
     pub fn build(config: GatewayConfig, config_path: &Path, mode: &StartMode) -> Result<Self, String> {
-        let bound = Arc::new(Bound::resolve(&config.listen, config.admin_listen, mode.upgrade)?);
+        let callback_listen = config.callbacks.as_ref().map(|c| c.listen.clone()).unwrap_or_default();
+        let bound = Arc::new(Bound::resolve(&config.listen, config.admin_listen, &callback_listen, mode.upgrade)?);
+        let tls = TlsStores {
+            proxy: config.listen_tls.as_ref().map(CertStore::new).transpose()?,
+            callbacks: config.callbacks.as_ref().and_then(|c| c.tls.as_ref()).map(CertStore::new).transpose()?,
+        };
         let upgrade_sock = mode.upgrade_sock.clone().unwrap_or_else(|| default_upgrade_sock(&bound));
         let conf = ServerConf {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -85,7 +92,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let lifecycle = Lifecycle::new(config.shutdown_grace, metrics.clone());
         let live = generation::live(config, metrics.clone());
-        let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone()));
+        let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone(), tls.clone()));
 
         let app = NxGate::new(live.clone(), metrics.clone(), lifecycle.clone());
         let mut proxy = pingora::proxy::http_proxy(&server.configuration, app);
@@ -101,9 +108,27 @@ impl Gateway {
             // A 16 KiB write buffer lets a response header and a body of up to ~15 KiB leave
             // in one segment; Pingora's 1,460-byte default splits a 1 KiB answer in two.
             let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
-            proxy.add_listener(listener(*addr, &bound).l4_buffer(buffers));
+            let mut endpoint = listener(*addr, &bound).l4_buffer(buffers);
+            if let Some(store) = &tls.proxy {
+                endpoint = endpoint.tls(store.settings());
+            }
+            proxy.add_listener(endpoint);
         }
         server.add_service(proxy);
+
+        if !bound.callbacks.is_empty() {
+            let app = CallbackApp::new(live.clone(), metrics.clone(), lifecycle.clone());
+            let mut svc = Service::new("nxgate callbacks".to_owned(), HeaderDeadline::new(app, live.clone(), &metrics));
+            for addr in &bound.callbacks {
+                let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
+                let mut endpoint = listener(*addr, &bound).l4_buffer(buffers);
+                if let Some(store) = &tls.callbacks {
+                    endpoint = endpoint.tls(store.settings());
+                }
+                svc.add_listener(endpoint);
+            }
+            server.add_service(svc);
+        }
 
         if let Some(addr) = bound.admin {
             let admin = AdminApp { lifecycle: lifecycle.clone(), metrics: metrics.clone(), reloader: reloader.clone() };

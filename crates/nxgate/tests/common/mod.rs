@@ -293,6 +293,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// The admin listener, if the config has one.
     pub admin: Option<SocketAddr>,
+    /// The callback listeners, from the ready file.
+    pub callbacks: Vec<SocketAddr>,
     child: Child,
     pub log_path: PathBuf,
     /// The config file the process was started with (tests may rewrite it and reload).
@@ -363,7 +365,8 @@ impl Gateway {
         };
         let addr = configured("listen: [\"").unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let admin = configured("admin_listen: \"");
-        let mut gw = Gateway { addr, admin, child, log_path, config_path: config, ready_file, _dir: dir };
+        let mut gw =
+            Gateway { addr, admin, callbacks: Vec::new(), child, log_path, config_path: config, ready_file, _dir: dir };
         if wait {
             gw.wait_listening();
         }
@@ -377,6 +380,10 @@ impl Gateway {
             Ok(v) => {
                 self.addr = v["listen"][0].as_str().and_then(|a| a.parse().ok()).expect("ready file lists listen");
                 self.admin = v["admin"].as_str().and_then(|a| a.parse().ok());
+                self.callbacks = v["callbacks"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_str()?.parse().ok()).collect())
+                    .unwrap_or_default();
             }
             Err(e) => {
                 let _ = self.child.kill();
