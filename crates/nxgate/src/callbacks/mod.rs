@@ -130,9 +130,6 @@ impl CallbackRuntime {
                 }
             })
         });
-        if let Some(m) = metrics {
-            m.export_callback_series(config.tenants.iter().map(|t| t.name.as_str()));
-        }
         Some(CallbackRuntime { config: cb, default_receiver, receivers, replay })
     }
 

@@ -43,6 +43,9 @@ impl Generation {
     pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Option<Arc<Metrics>>) -> Self {
         if let Some(m) = &metrics {
             m.register_tenants(config.tenants.iter().map(|t| t.name.as_str()));
+            // Exported whether or not a callback listener is configured: every family is in
+            // the first scrape, so a dashboard or alert never meets a missing one.
+            m.export_callback_series(config.tenants.iter().map(|t| t.name.as_str()));
         }
         let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
         let upstream = Upstream::new(config.upstream.clone());

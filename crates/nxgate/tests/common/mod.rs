@@ -6,6 +6,10 @@
 //! line the suite produces is checked, not a sample.
 #![allow(dead_code)]
 
+pub mod receiver;
+#[allow(unused_imports)]
+pub use receiver::{Mode, Received, TestReceiver};
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
