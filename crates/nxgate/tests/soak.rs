@@ -246,3 +246,82 @@ fn a_minute_at_64_connections_accounts_for_every_response_without_growth() {
     // band the count moves in as upstream connections churn must not have risen.
     assert!(fds_end.0 <= fds_warm.1, "fd growth: (min, max) {fds_warm:?} -> {fds_end:?}");
 }
+
+// Idle callers are let go: an HTTP/1 keep-alive connection and an h2c connection with no
+// stream open are each closed by the gateway after 60 s of silence (README, Security). They
+// are fixed times, so these two tests wait the real minute; they live in this binary so
+// that they run beside the soak's minute and cost the suite no extra time.
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_sixty_seconds() {
+    let emu = Emulator::start();
+    let gw = Gateway::start(&GatewayOptions::new(emu.url()));
+    let mut c = Connection::open(gw.addr).unwrap();
+    let auth = format!("Bearer {KEY_A}");
+    let r =
+        c.request("POST", "/callcentre/api/v3/ping", &[("authorization", &auth)], br#"{"data":"then idle"}"#).unwrap();
+    assert_eq!(r.status, 200);
+    let answered = Instant::now();
+    assert!(!c.is_closed_by_peer(Duration::from_secs(45)), "closed after only {:?}", answered.elapsed());
+    assert!(c.is_closed_by_peer(Duration::from_secs(35)), "still open after {:?}", answered.elapsed());
+    let idle = answered.elapsed();
+    assert!(idle >= Duration::from_secs(59) && idle <= Duration::from_secs(75), "closed after {idle:?}");
+}
+
+#[test]
+fn an_idle_h2c_connection_is_closed_after_sixty_seconds_without_a_protocol_error() {
+    use std::io::{Read, Write};
+    let frame = |ty: u8, flags: u8, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ACK: u8 = 0x1;
+    let emu = Emulator::start();
+    let gw = Gateway::start(&GatewayOptions::new(emu.url()));
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    let connected = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, &[]));
+    s.write_all(&hello).unwrap();
+    // Read frames until the connection ends; acknowledge the server's SETTINGS as a
+    // well-behaved client does, and open no stream.
+    let (mut buf, mut frames, mut acked) = (Vec::new(), Vec::new(), false);
+    let mut chunk = [0u8; 4096];
+    loop {
+        while buf.len() >= 9 {
+            let len = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (ty, flags) = (buf[3], buf[4]);
+            if ty == SETTINGS && flags & ACK == 0 && !acked {
+                s.write_all(&frame(SETTINGS, ACK, &[])).unwrap();
+                acked = true;
+            }
+            frames.push((ty, buf[9..9 + len].to_vec()));
+            buf.drain(..9 + len);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => break,
+            Err(e) => panic!("no close within 90 s ({e}); frames: {frames:?}"),
+        }
+    }
+    let idle = connected.elapsed();
+    assert!(acked, "the server sent its SETTINGS: {frames:?}");
+    // Pingora ends an idle h2 connection by closing it; it must not be a protocol error.
+    let errors: Vec<u32> = frames
+        .iter()
+        .filter(|(ty, p)| *ty == GOAWAY && p.len() >= 8)
+        .map(|(_, p)| u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+        .filter(|code| *code != 0)
+        .collect();
+    assert!(errors.is_empty(), "GOAWAY with error codes {errors:?}");
+    assert!(idle >= Duration::from_secs(59) && idle <= Duration::from_secs(75), "closed after {idle:?}");
+}
