@@ -41,7 +41,7 @@ use nxgate_core::config::{CallbacksConfig, GatewayConfig, RateLimitKind, Receive
 use nxgate_core::errors::{ErrorResponse, ErrorSource, GatewayError};
 use nxgate_core::headers::{self, CALLBACK_DUPLICATE_HEADER, CALLBACK_TENANT_HEADER, REQUEST_ID_HEADER};
 use nxgate_core::replay::Idempotency;
-use nxgate_core::{routes, signing};
+use nxgate_core::signing;
 use replay::{Claim, LocalReplay, RedisReplay, ReplayStore, IN_PROGRESS_MARGIN};
 
 /// Outcomes of `nxgate_callbacks_total` besides the refusal kinds.
@@ -279,7 +279,7 @@ impl HttpServerApp for CallbackApp {
 /// The callback path proper; every step may refuse with a `GatewayError`.
 async fn handle(g: &Generation, http: &mut ServerSession, ctx: &mut CallbackCtx) -> Result<Reply, GatewayError> {
     let cb = g.callbacks.as_ref().ok_or(GatewayError::RouteNotAllowed)?;
-    let target = route(&cb.config, http.req_header())?;
+    let target = body::allowed_target(http.req_header(), &cb.config.allow_prefixes)?;
     let limit = g.config.max_request_body_bytes;
     let declared = body::check_framing(http, limit)?;
     let body = body::read_body(http, limit, declared).await?;
@@ -339,19 +339,6 @@ async fn handle(g: &Generation, http: &mut ServerSession, ctx: &mut CallbackCtx)
             })
         }
     }
-}
-
-/// The path and query to deliver, if the path is allowed.
-fn route(cb: &CallbacksConfig, req: &RequestHeader) -> Result<String, GatewayError> {
-    let target = req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    // Check exactly what is forwarded (as the proxy does).
-    if req.raw_path() != target.as_bytes() && req.uri.scheme().is_none() {
-        return Err(GatewayError::BadRequest("request target is not a plain origin-form path".into()));
-    }
-    if !routes::is_allowed(req.uri.path(), &cb.allow_prefixes) {
-        return Err(GatewayError::RouteNotAllowed);
-    }
-    Ok(target.to_owned())
 }
 
 /// The request the receiver gets: same method, path and query; the callback's headers

@@ -1,9 +1,11 @@
-//! A caller's request body, the same way on every listener that reads one (the proxy and
-//! the callback listener): ambiguous framing and oversized declared lengths are refused
+//! A caller's request target and body, the same way on every listener that forwards one
+//! (the proxy and the callback listener): the target is checked as it will be sent,
+//! ambiguous framing and oversized declared lengths are refused
 //! before a byte is read, then the body is read whole (Content-Length or chunked) under a
 //! byte cap and a deadline.
 
 use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use std::time::Duration;
 
@@ -12,6 +14,20 @@ use nxgate_core::errors::GatewayError;
 /// Time allowed to receive a whole request body, so a slow sender cannot hold a
 /// buffer and a task forever.
 pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path and query to forward, if the path is under `allow_prefixes`. Exactly what is
+/// forwarded is checked: a target Pingora could not keep verbatim in the URI is refused
+/// rather than checked in one spelling and sent in another.
+pub fn allowed_target(req: &RequestHeader, allow_prefixes: &[String]) -> Result<String, GatewayError> {
+    let target = req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    if req.raw_path() != target.as_bytes() && req.uri.scheme().is_none() {
+        return Err(GatewayError::BadRequest("request target is not a plain origin-form path".into()));
+    }
+    if !nxgate_core::routes::is_allowed(req.uri.path(), allow_prefixes) {
+        return Err(GatewayError::RouteNotAllowed);
+    }
+    Ok(target.to_owned())
+}
 
 /// Refuses ambiguous framing and a declared body over `limit`; returns the declared
 /// Content-Length, if any.

@@ -35,7 +35,6 @@ use nxgate_core::config::{RequestCompression, Tenant};
 use nxgate_core::errors::{ErrorResponse, ErrorSource, GatewayError, UpstreamFailure};
 use nxgate_core::gzip::{self, GzipError};
 use nxgate_core::headers::{self, REQUEST_ID_HEADER};
-use nxgate_core::routes;
 use nxgate_core::signing;
 
 /// Idle time allowed between requests on a caller's keep-alive connection, and per read
@@ -278,16 +277,7 @@ fn authenticate(g: &Generation, session: &Session) -> Result<Arc<Tenant>, Gatewa
 
 /// Step 2: the path and query to send upstream, if the path is allowed.
 fn route(g: &Generation, req: &RequestHeader) -> Result<String, GatewayError> {
-    let target = req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    // Check exactly what is forwarded: a target Pingora could not keep verbatim in the URI
-    // is refused rather than checked in one spelling and sent in another.
-    if req.raw_path() != target.as_bytes() && req.uri.scheme().is_none() {
-        return Err(GatewayError::BadRequest("request target is not a plain origin-form path".into()));
-    }
-    if !routes::is_allowed(req.uri.path(), &g.config.allow_prefixes) {
-        return Err(GatewayError::RouteNotAllowed);
-    }
-    Ok(target.to_owned())
+    body::allowed_target(req, &g.config.allow_prefixes)
 }
 
 /// Step 3: refuse ambiguous framing and oversized declared bodies before reading a byte.
