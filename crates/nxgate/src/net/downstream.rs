@@ -20,10 +20,14 @@
 //! never reuses a connection whose request body was left unread
 //! (`close_on_response_before_downstream_finish`), so no body bytes follow a response.
 //! HTTP/2 connections are left to the h2 stack (`h2_idle_timeout`).
+//!
+//! [`next_request`] reads a request header the way pingora-proxy does (400 for a
+//! malformed header, 405 for CONNECT).
 
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::ServerApp;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -49,6 +53,12 @@ use nxgate_core::signing;
 
 /// What Pingora peeks for on a cleartext connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Writes are gathered up to this size until the server flushes, so a response header and
+/// a body of up to ~15 KiB leave in one segment. The buffer exists only from a response's
+/// first write to its flush: an idle connection holds none (the listeners' own L4 buffers
+/// are off, `runtime::server`).
+pub const WRITE_COALESCE_BYTES: usize = 16 * 1024;
 
 /// Finds the blank line that ends an HTTP/1 header, across reads. Like httparse, it skips
 /// empty lines before the request line and takes `\n` as well as `\r\n` as a line end.
@@ -125,6 +135,10 @@ pub struct GuardedStream {
     peeked: BytesMut,
     /// Counts connections closed at the deadline.
     timeouts: IntCounter,
+    /// Written bytes not yet passed to `inner` (see [`WRITE_COALESCE_BYTES`]).
+    out: Vec<u8>,
+    /// How much of `out` has been passed on.
+    out_sent: usize,
 }
 
 impl std::fmt::Debug for GuardedStream {
@@ -145,7 +159,38 @@ impl GuardedStream {
             header_bytes: 0,
             peeked: BytesMut::new(),
             timeouts,
+            out: Vec::new(),
+            out_sent: 0,
         }
+    }
+
+    /// Passes every gathered byte on to `inner`, then frees the buffer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_sent += n;
+        }
+        self.out = Vec::new();
+        self.out_sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Gathers `bufs` if they fit beside what is gathered already; `None` if they do not.
+    fn gather(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<usize> {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.out.len() + len >= WRITE_COALESCE_BYTES {
+            return None;
+        }
+        if self.out.capacity() == 0 {
+            self.out.reserve_exact(WRITE_COALESCE_BYTES);
+        }
+        for b in bufs {
+            self.out.extend_from_slice(b);
+        }
+        Some(len)
     }
 
     /// Reads from the socket, failing with `TimedOut` once a header's deadline has passed.
@@ -217,6 +262,16 @@ impl AsyncRead for GuardedStream {
             let taken = this.peeked.split_to(this.peeked.len().min(buf.remaining()));
             buf.put_slice(&taken);
             this.observe_read(&taken);
+            // A peek reads only a few bytes: take whatever else has arrived in the same
+            // call, so the server's parser is not woken once more for the rest. Pending or
+            // an error leaves the peeked bytes as this read's answer; the error comes back
+            // on the next read.
+            if buf.remaining() > 0 && this.peeked.is_empty() {
+                let before = buf.filled().len();
+                if let Poll::Ready(Ok(())) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+                    this.observe_read(&buf.filled()[before..]);
+                }
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -228,9 +283,7 @@ impl AsyncRead for GuardedStream {
 
 impl AsyncWrite for GuardedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.observe_write(buf);
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -240,19 +293,28 @@ impl AsyncWrite for GuardedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.observe_write(bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| &b[..]));
+        if let Some(n) = this.gather(bufs) {
+            return Poll::Ready(Ok(n));
+        }
+        // Too big to gather: what is gathered goes first, then this write goes straight on.
+        ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -264,23 +326,31 @@ fn is_final_response_start(buf: &[u8]) -> bool {
 
 #[async_trait]
 impl Peek for GuardedStream {
-    /// Pingora peeks only to compare with the HTTP/2 preface, so stop reading as soon as
-    /// the bytes cannot be it (the rest of `buf` is zeroed, which cannot match either).
+    /// Pingora peeks only to compare with the HTTP/2 preface, and [`next_request`] to
+    /// wait for a request's first byte: stop reading as soon as `buf` is full or the bytes
+    /// cannot be the preface (the rest of `buf` is zeroed, which cannot match either).
+    /// Reads are no larger than `buf`, so a peek holds no buffer of its own while it waits;
+    /// the server's next read takes the rest.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         while self.peeked.len() < buf.len() && H2_PREFACE.starts_with(&self.peeked) {
-            let mut chunk = [0u8; 1024];
-            let mut read = ReadBuf::new(&mut chunk);
+            let mut chunk = [0u8; H2_PREFACE.len()];
+            let want = (buf.len() - self.peeked.len()).min(chunk.len());
+            let mut read = ReadBuf::new(&mut chunk[..want]);
             std::future::poll_fn(|cx| self.poll_read_raw(cx, &mut read)).await?;
             if read.filled().is_empty() {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             self.peeked.extend_from_slice(read.filled());
-            self.header_bytes = self.peeked.len();
+            if self.phase == Phase::Header {
+                self.header_bytes = self.peeked.len();
+            }
         }
         let n = self.peeked.len().min(buf.len());
         buf[..n].copy_from_slice(&self.peeked[..n]);
         buf[n..].fill(0);
-        if self.peeked.starts_with(H2_PREFACE) {
+        // Only a connection's first bytes can start HTTP/2; the same bytes after an
+        // HTTP/1 response are just a malformed request.
+        if self.phase == Phase::Header && self.peeked.starts_with(H2_PREFACE) {
             self.phase = Phase::H2;
         }
         Ok(true)
@@ -340,6 +410,30 @@ impl GetSocketDigest for GuardedStream {
     fn set_socket_digest(&mut self, digest: SocketDigest) {
         self.inner.set_socket_digest(digest)
     }
+}
+
+/// The request header of `session`, or `None` when the connection is done (closed,
+/// refused, or broken). A malformed header gets a bare 400 and a CONNECT a bare 405, then
+/// the connection is closed, as pingora-proxy does.
+pub async fn next_request(mut session: ServerSession) -> Option<ServerSession> {
+    match session.read_request().await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(e) => {
+            tracing::debug!(error = %e.etype().as_str(), "cannot read a request header");
+            if matches!(e.etype(), pingora::ErrorType::InvalidHTTPHeader) {
+                let _ = session.respond_error(400).await;
+            }
+            session.shutdown().await;
+            return None;
+        }
+    }
+    if session.req_header().method == http::Method::CONNECT {
+        let _ = session.respond_error(405).await;
+        session.shutdown().await;
+        return None;
+    }
+    Some(session)
 }
 
 /// Serves `A` with every connection wrapped in a [`GuardedStream`].
@@ -455,6 +549,76 @@ mod tests {
         let mut out = Vec::new();
         c.read_to_end(&mut out).await.unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    /// What the far side has received so far, without waiting for more.
+    async fn received_now(c: &mut DuplexStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_wait_reads_one_byte_and_never_turns_a_connection_into_h2() {
+        let (mut s, mut c) = pair(Duration::from_secs(10));
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        read_some(&mut s).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+        s.flush().await.unwrap();
+        // The preface after an HTTP/1 answer is a malformed request, not an h2 connection.
+        c.write_all(H2_PREFACE).await.unwrap();
+        let mut first = [0u8; 1];
+        assert!(s.try_peek(&mut first).await.unwrap());
+        assert_eq!(&first, b"P");
+        assert_eq!(s.peeked.len(), 1, "the wait holds one byte, not a buffer");
+        assert_eq!(s.phase, Phase::Answered);
+        // The server's next read gets the peeked byte and what followed it, in one call.
+        assert_eq!(read_some(&mut s).await.unwrap(), H2_PREFACE);
+        // Read as HTTP/1: the preface's blank line ends a (malformed) request header.
+        assert_eq!(s.phase, Phase::Request);
+    }
+
+    #[tokio::test]
+    async fn a_response_is_gathered_until_the_flush_and_no_buffer_is_kept_after_it() {
+        let (mut s, mut c) = pair(Duration::from_secs(10));
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        read_some(&mut s).await.unwrap();
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1024\r\n\r\n";
+        let body = [b'x'; 1024];
+        s.write_all(head).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        assert_eq!(received_now(&mut c).await, b"", "nothing leaves before the flush");
+        assert!(s.out.capacity() > 0);
+        s.flush().await.unwrap();
+        let got = received_now(&mut c).await;
+        assert_eq!(got.len(), head.len() + body.len());
+        assert!(got.starts_with(head) && got.ends_with(&body));
+        assert_eq!(s.out.capacity(), 0, "the gathering buffer is freed once flushed");
+        assert_eq!(s.phase, Phase::Answered, "the gathered status line still ends the request");
+    }
+
+    #[tokio::test]
+    async fn a_write_too_big_to_gather_goes_straight_on_after_what_was_gathered() {
+        let (mut s, mut c) = pair(Duration::from_secs(10));
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let big = vec![b'y'; WRITE_COALESCE_BYTES];
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 19 + WRITE_COALESCE_BYTES];
+            c.read_exact(&mut got).await.unwrap();
+            got
+        });
+        // Not flushed: the big write itself pushes the gathered header out first, in order.
+        s.write_all(&big).await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..19], b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(got[19..].iter().all(|&b| b == b'y'));
+        assert_eq!(s.out.capacity(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,5 +2,6 @@
 
 pub mod body;
 pub mod downstream;
+pub mod keepalive;
 pub mod tls;
 pub mod upstream;

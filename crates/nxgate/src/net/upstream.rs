@@ -236,6 +236,39 @@ impl Upstream {
     }
 }
 
+/// `TCP_CORK` on an HTTP/1 upstream connection while a request is written: Pingora writes
+/// the header and the body with two `write`s, which would otherwise be two segments. The
+/// queued bytes leave when the guard is dropped (or after the kernel's 200 ms ceiling).
+/// Best effort: a socket option that cannot be set changes only the segmenting.
+struct Cork(Option<std::os::fd::RawFd>);
+
+impl Cork {
+    fn new(s: &HttpSession) -> Self {
+        // Pingora's stream id is its socket's fd (`docs/pingora.md` §11); h2 streams share
+        // a connection and are left alone.
+        let fd = match s {
+            HttpSession::H1(h1) => Some(h1.stream().id()),
+            _ => None,
+        };
+        Cork(fd.filter(|&fd| set_cork(fd, true)))
+    }
+}
+
+impl Drop for Cork {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0 {
+            set_cork(fd, false);
+        }
+    }
+}
+
+fn set_cork(fd: std::os::fd::RawFd, on: bool) -> bool {
+    // SAFETY: `fd` is the socket of the session borrowed by the exchange that holds the
+    // `Cork`; it stays open for the guard's whole life and is only borrowed here.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).set_tcp_cork(on).is_ok()
+}
+
 /// One request/response on an established session.
 async fn exchange(
     s: &mut HttpSession,
@@ -251,11 +284,15 @@ async fn exchange(
     // request as written only when both succeed. So an error here means the server never
     // got a complete request header; once it returns `Ok`, the bytes are in the kernel and
     // may be on the wire, and the request counts as written even though the body is not.
-    s.write_request_header(Box::new(header)).await.map_err(fail(AttemptStage::BeforeWrite))?;
-    if !body.is_empty() {
-        s.write_request_body(body.clone(), true).await.map_err(fail(AttemptStage::Sending))?;
+    {
+        // Header and body leave as one segment: the server is woken once, not twice.
+        let _cork = Cork::new(s);
+        s.write_request_header(Box::new(header)).await.map_err(fail(AttemptStage::BeforeWrite))?;
+        if !body.is_empty() {
+            s.write_request_body(body.clone(), true).await.map_err(fail(AttemptStage::Sending))?;
+        }
+        s.finish_request_body().await.map_err(fail(AttemptStage::Sending))?;
     }
-    s.finish_request_body().await.map_err(fail(AttemptStage::Sending))?;
 
     // Interim 1xx answers are skipped; the final header follows on the same stream.
     let header = loop {

@@ -2,11 +2,12 @@
 //! authenticate → route → frame → admit (concurrency, rate) → read body → sign → forward →
 //! read response → verify → respond.
 //!
-//! Everything happens inside Pingora's `request_filter`, which then returns `Ok(true)`
-//! ("response already sent"). Pingora's own upstream phases never run: they would send
-//! the request header before the body is signed and the response header before the body
-//! is verified (`docs/pingora.md` §1-3). Pingora still owns the listeners,
-//! HTTP parsing, downstream keep-alive and graceful shutdown.
+//! [`NxGate`] is a pingora-core `HttpServerApp`: Pingora owns the listeners, HTTP/1 and
+//! h2 parsing, keep-alive and graceful shutdown, and hands each request header to
+//! `process_new_http`, which runs the whole exchange and writes the caller's response
+//! itself. pingora-proxy's phases would send the request header before the body is signed
+//! and the response header before the body is verified (`docs/pingora.md` §1-3), so
+//! nxgate does not pay for a proxy loop it would skip (§11).
 //!
 //! Each step returns `Result<_, GatewayError>`; the only place a `GatewayError` becomes
 //! bytes on the wire is `error_reply`, through `errors::ErrorResponse` (whose header set
@@ -17,14 +18,15 @@ pub mod exchange;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::net::body;
 use crate::net::upstream::UpstreamResponse;
+use crate::net::{self, body};
 use crate::ratelimit::{self, InFlightSlot, RateDecision, RateState};
 use crate::runtime::generation::{Generation, Live};
 use crate::runtime::lifecycle::{InFlight, Lifecycle};
@@ -64,8 +66,8 @@ pub struct RequestCtx {
     pub error_kind: Option<&'static str>,
     /// How the upstream exchange failed, if that is why the request failed.
     pub upstream_failure: Option<UpstreamFailure>,
-    /// Counts this request in flight (process-wide, for draining) until dropped, which
-    /// Pingora does after the response is flushed.
+    /// Counts this request in flight (process-wide, for draining) until dropped, after
+    /// the response is flushed.
     _in_flight: InFlight,
     /// Counts this request in its tenant's `nxgate_in_flight` gauge until dropped.
     tenant_gauge: Option<GaugeGuard>,
@@ -108,42 +110,20 @@ pub struct NxGate {
     live: Live,
     metrics: Arc<Metrics>,
     lifecycle: Arc<Lifecycle>,
+    options: HttpServerOptions,
 }
 
 impl NxGate {
     /// Serves requests with whatever generation `live` holds at each request's start.
     pub fn new(live: Live, metrics: Arc<Metrics>, lifecycle: Arc<Lifecycle>) -> Self {
-        NxGate { live, metrics, lifecycle }
+        // HTTP/2 with prior knowledge (h2c) on the same ports; HTTP/1 callers are unaffected
+        // (Pingora peeks for the h2 preface). An h2 connection with no stream open is closed
+        // after the same idle time as an HTTP/1 keep-alive connection.
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        options.h2_idle_timeout = Some(Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
+        NxGate { live, metrics, lifecycle, options }
     }
-
-    /// Counts the finished request in every metric it touches.
-    fn record(&self, ctx: &RequestCtx) {
-        let m = &self.metrics;
-        let tenant = ctx.tenant.as_deref().unwrap_or(NO_TENANT);
-        let status = ctx.status.to_string();
-        m.requests.with_label_values(&[tenant, &status, ctx.error_kind.unwrap_or("ok")]).inc();
-        m.request_duration.with_label_values(&[tenant]).observe(ctx.started.elapsed().as_secs_f64());
-        if let Some(t) = ctx.exchange.upstream_time {
-            m.upstream_duration.with_label_values(&[tenant]).observe(t.as_secs_f64());
-        }
-        if let Some(reason) = ctx.exchange.verify.failure_reason() {
-            m.verify_failures.with_label_values(&[tenant, reason]).inc();
-        }
-        if let Some(failure) = ctx.upstream_failure {
-            m.upstream_errors.with_label_values(&[failure.label()]).inc();
-        }
-    }
-}
-
-/// A response ready to send to the caller.
-struct Reply {
-    header: ResponseHeader,
-    body: Bytes,
-}
-
-#[async_trait]
-impl ProxyHttp for NxGate {
-    type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -163,8 +143,25 @@ impl ProxyHttp for NxGate {
         }
     }
 
-    /// Runs the whole exchange and writes the caller's response itself.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+    /// One request whose header has been read: answer it, log it, and hand the
+    /// connection back for the next request if it may be kept.
+    async fn serve(&self, mut session: ServerSession, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+        if *shutdown.borrow() {
+            // Draining: this response is the connection's last.
+            session.set_keepalive(None);
+        }
+        let mut ctx = self.new_ctx();
+        self.respond(&mut session, &mut ctx).await;
+        self.log(&session, &ctx);
+        let persistent = HttpPersistentSettings::for_session(&session);
+        let reused = session.finish().await.ok().flatten();
+        // `ctx` (in-flight counts, the tenant's slot) lives until the response is flushed.
+        drop(ctx);
+        reused.map(|s| ReusedHttpStream::from_reusable_stream(s, persistent))
+    }
+
+    /// Runs the whole exchange and writes the caller's response.
+    async fn respond(&self, session: &mut ServerSession, ctx: &mut RequestCtx) {
         // One snapshot for the whole request: a reload mid-request changes nothing here.
         let generation = self.live.load_full();
         // Pingora has already applied the caller's wishes (HTTP/1.0, `Connection: close`);
@@ -197,16 +194,10 @@ impl ProxyHttp for NxGate {
         } else if !head_request {
             ctx.bytes_out = body_len;
         }
-        Ok(true)
-    }
-
-    /// Never reached: `request_filter` always answers. Refuse rather than proxy blindly.
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
-        pingora::Error::e_explain(pingora::ErrorType::InternalError, "nxgate answers every request in request_filter")
     }
 
     /// One access-log event per request. No secret, client key, query string or body.
-    async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+    fn log(&self, session: &ServerSession, ctx: &RequestCtx) {
         let req = session.req_header();
         tracing::info!(
             target: crate::runtime::logging::ACCESS_TARGET,
@@ -225,10 +216,51 @@ impl ProxyHttp for NxGate {
             verify = ctx.exchange.verify.as_str(),
             verify_failure = ctx.exchange.verify.failure_reason(),
             error_kind = ctx.error_kind,
-            pingora_error = e.map(|e| e.etype().as_str()),
             "request"
         );
         self.record(ctx);
+    }
+
+    /// Counts the finished request in every metric it touches.
+    fn record(&self, ctx: &RequestCtx) {
+        let m = &self.metrics;
+        let tenant = ctx.tenant.as_deref().unwrap_or(NO_TENANT);
+        let status = ctx.status.to_string();
+        m.requests.with_label_values(&[tenant, &status, ctx.error_kind.unwrap_or("ok")]).inc();
+        m.request_duration.with_label_values(&[tenant]).observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(t) = ctx.exchange.upstream_time {
+            m.upstream_duration.with_label_values(&[tenant]).observe(t.as_secs_f64());
+        }
+        if let Some(reason) = ctx.exchange.verify.failure_reason() {
+            m.verify_failures.with_label_values(&[tenant, reason]).inc();
+        }
+        if let Some(failure) = ctx.upstream_failure {
+            m.upstream_errors.with_label_values(&[failure.label()]).inc();
+        }
+    }
+}
+
+/// A response ready to send to the caller.
+struct Reply {
+    header: ResponseHeader,
+    body: Bytes,
+}
+
+#[async_trait]
+impl HttpServerApp for NxGate {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // Boxed (by async_trait) once per request and freed before the connection idles
+        // again: between requests `net::keepalive` holds only the stream.
+        let session = net::downstream::next_request(session).await?;
+        self.serve(session, shutdown).await
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
     }
 }
 
@@ -236,7 +268,7 @@ impl ProxyHttp for NxGate {
 async fn handle(
     g: &Generation,
     metrics: &Metrics,
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut RequestCtx,
 ) -> Result<Reply, GatewayError> {
     let tenant = authenticate(g, session)?;
@@ -270,7 +302,7 @@ async fn handle(
 }
 
 /// Step 1: the tenant this caller is entitled to.
-fn authenticate(g: &Generation, session: &Session) -> Result<Arc<Tenant>, GatewayError> {
+fn authenticate(g: &Generation, session: &ServerSession) -> Result<Arc<Tenant>, GatewayError> {
     let auth = session.req_header().headers.get_all(http::header::AUTHORIZATION);
     g.tenants.select(auth.iter().map(|v| v.as_bytes())).cloned()
 }
@@ -282,8 +314,8 @@ fn route(g: &Generation, req: &RequestHeader) -> Result<String, GatewayError> {
 
 /// Step 3: refuse ambiguous framing and oversized declared bodies before reading a byte.
 /// Returns the declared Content-Length, if any.
-fn check_framing(g: &Generation, session: &Session) -> Result<Option<usize>, GatewayError> {
-    body::check_framing(session.as_downstream(), g.config.max_request_body_bytes)
+fn check_framing(g: &Generation, session: &ServerSession) -> Result<Option<usize>, GatewayError> {
+    body::check_framing(session, g.config.max_request_body_bytes)
 }
 
 /// Step 4: the tenant's concurrency cap, then its rate limit. A refused request is never
@@ -309,8 +341,12 @@ async fn admit(g: &Generation, tenant: &Tenant, ctx: &mut RequestCtx) -> Result<
 }
 
 /// Step 5: the whole body, Content-Length or chunked, up to the limit.
-async fn read_body(g: &Generation, session: &mut Session, declared: Option<usize>) -> Result<Bytes, GatewayError> {
-    body::read_body(session.as_downstream_mut(), g.config.max_request_body_bytes, declared).await
+async fn read_body(
+    g: &Generation,
+    session: &mut ServerSession,
+    declared: Option<usize>,
+) -> Result<Bytes, GatewayError> {
+    body::read_body(session, g.config.max_request_body_bytes, declared).await
 }
 
 /// Step 5b: with `upstream.request_compression: "decode"`, a gzip body is inflated (never
@@ -341,8 +377,8 @@ fn decode_body(g: &Generation, req: &RequestHeader, body: Bytes) -> Result<(Byte
     }
 }
 
-fn expects_continue(session: &Session) -> bool {
-    body::expects_continue(session.as_downstream())
+fn expects_continue(session: &ServerSession) -> bool {
+    body::expects_continue(session)
 }
 
 /// Step 6: the verified upstream response, reframed for the caller.
@@ -388,11 +424,10 @@ fn finish_header(h: &mut ResponseHeader, request_id: &str, body_len: usize) {
     h.insert_header(REQUEST_ID_HEADER, request_id).expect("hex id is a valid header");
 }
 
-async fn write_reply(session: &mut Session, reply: Reply, head_request: bool) -> pingora::Result<()> {
-    if head_request || reply.body.is_empty() {
-        session.write_response_header(Box::new(reply.header), true).await
-    } else {
-        session.write_response_header(Box::new(reply.header), false).await?;
-        session.write_response_body(Some(reply.body), true).await
+async fn write_reply(session: &mut ServerSession, reply: Reply, head_request: bool) -> pingora::Result<()> {
+    session.write_response_header(Box::new(reply.header)).await?;
+    if !head_request && !reply.body.is_empty() {
+        session.write_response_body(reply.body, true).await?;
     }
+    Ok(())
 }

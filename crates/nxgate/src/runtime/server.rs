@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::callbacks::CallbackApp;
 use crate::net::downstream::HeaderDeadline;
+use crate::net::keepalive::LeanHttp;
 use crate::net::tls::CertStore;
 use crate::pipeline::{NxGate, DOWNSTREAM_KEEPALIVE_SECS};
 use crate::runtime::admin::{AdminApp, Housekeeping};
@@ -25,8 +26,14 @@ use nxgate_core::config::GatewayConfig;
 /// Seconds each runtime gets to finish its tasks once the grace period is over.
 pub const RUNTIME_SHUTDOWN_SECS: u64 = 5;
 
-/// Per-connection write buffer on the proxy listeners.
-const DOWNSTREAM_WRITE_BUFFER: usize = 16 * 1024;
+/// The caller-facing listeners' L4 buffers: none. Pingora's defaults (64 KiB read, 1,460
+/// bytes write) are allocated per connection and kept while it idles; the guarded stream
+/// gathers a response's writes itself, only while it is written
+/// (`net::downstream::WRITE_COALESCE_BYTES`), and Pingora's parser reads into its own
+/// buffers (`docs/pingora.md` §11).
+fn caller_buffers() -> L4BufferSettings {
+    L4BufferSettings::unbuffered()
+}
 
 /// How a process starts: fresh, or taking over the listening sockets of a running one.
 #[derive(Debug, Clone, Default)]
@@ -95,20 +102,10 @@ impl Gateway {
         let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone(), tls.clone()));
 
         let app = NxGate::new(live.clone(), metrics.clone(), lifecycle.clone());
-        let mut proxy = pingora::proxy::http_proxy(&server.configuration, app);
-        // HTTP/2 with prior knowledge (h2c) on the same ports; HTTP/1 callers are unaffected
-        // (Pingora peeks for the h2 preface). An h2 connection with no stream open is closed
-        // after the same idle time as an HTTP/1 keep-alive connection.
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.h2c = true;
-        options.h2_idle_timeout = Some(Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
-        proxy.server_options = Some(options);
-        let mut proxy = Service::new("nxgate".to_owned(), HeaderDeadline::new(proxy, live.clone(), &metrics));
+        let app = LeanHttp::new(app, Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
+        let mut proxy = Service::new("nxgate".to_owned(), HeaderDeadline::new(app, live.clone(), &metrics));
         for addr in &bound.listen {
-            // A 16 KiB write buffer lets a response header and a body of up to ~15 KiB leave
-            // in one segment; Pingora's 1,460-byte default splits a 1 KiB answer in two.
-            let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
-            let mut endpoint = listener(*addr, &bound).l4_buffer(buffers);
+            let mut endpoint = listener(*addr, &bound).l4_buffer(caller_buffers());
             if let Some(store) = &tls.proxy {
                 endpoint = endpoint.tls(store.settings());
             }
@@ -118,10 +115,10 @@ impl Gateway {
 
         if !bound.callbacks.is_empty() {
             let app = CallbackApp::new(live.clone(), metrics.clone(), lifecycle.clone());
+            let app = LeanHttp::new(app, Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
             let mut svc = Service::new("nxgate callbacks".to_owned(), HeaderDeadline::new(app, live.clone(), &metrics));
             for addr in &bound.callbacks {
-                let buffers = L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER);
-                let mut endpoint = listener(*addr, &bound).l4_buffer(buffers);
+                let mut endpoint = listener(*addr, &bound).l4_buffer(caller_buffers());
                 if let Some(store) = &tls.callbacks {
                     endpoint = endpoint.tls(store.settings());
                 }
