@@ -6,6 +6,11 @@ use nxgate::cli::{commands, demo};
 use nxgate::runtime::logging;
 use nxgate::runtime::server::StartMode;
 
+/// jemalloc, with background purging: memory freed after a burst of connections goes back to
+/// the system within seconds, where glibc's malloc keeps the peak (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {

@@ -169,7 +169,11 @@ impl Upstream {
         loop {
             // A connect failure is never retried (`replay::after_failure` says so for
             // `Connect`): only a fresh connection connects, and it failing is the answer.
-            let (mut session, reused) = self.connector.get_http_session(peer).await.map_err(|e| connect_error(&e))?;
+            // Boxed: the connector's future (TLS connect inline) is ~9 KiB, and every future
+            // that holds it inline grows by that much and is copied whole on each move
+            // (`docs/pingora.md` §11).
+            let (mut session, reused) =
+                Box::pin(self.connector.get_http_session(peer)).await.map_err(|e| connect_error(&e))?;
             session.set_read_timeout(Some(self.cfg.read_timeout));
             session.set_write_timeout(Some(self.cfg.read_timeout));
             let failure = match exchange(&mut session, header(), body, max_body).await {

@@ -169,7 +169,9 @@ impl NxGate {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
         }
-        let result = handle(&generation, &self.metrics, session, ctx).await;
+        // Boxed once per request: the exchange's future is large, and the futures above it
+        // (the per-request one Pingora boxes among them) would each hold and copy it whole.
+        let result = Box::pin(handle(&generation, &self.metrics, session, ctx)).await;
         let mut reply = match result {
             Ok(reply) => reply,
             Err(e) => {
@@ -253,10 +255,11 @@ impl HttpServerApp for NxGate {
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Boxed (by async_trait) once per request and freed before the connection idles
-        // again: between requests `net::keepalive` holds only the stream.
+        // This future is boxed (by async_trait) per request and freed before the connection
+        // idles again: between requests `net::keepalive` holds only the stream. The request's
+        // own state is boxed apart, so the header read does not carry (and copy) it.
         let session = net::downstream::next_request(session).await?;
-        self.serve(session, shutdown).await
+        Box::pin(self.serve(session, shutdown)).await
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

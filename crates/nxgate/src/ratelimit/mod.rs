@@ -203,7 +203,8 @@ impl Admission {
         let Some(t) = self.tenants.get(tenant) else { return RateDecision::Allowed(None) };
         let (Some(limit), Some(local)) = (t.limit, t.local.as_ref()) else { return RateDecision::Allowed(None) };
         let Some(redis) = &self.redis else { return local.check() };
-        match redis.check(&t.redis_key, limit).await {
+        // Boxed: only the Redis backend pays for its client's large future.
+        match Box::pin(redis.check(&t.redis_key, limit)).await {
             Ok(decision) => decision,
             Err(BackendUnavailable) => match self.on_redis_error {
                 OnRedisError::LocalFallback => local.check(),
