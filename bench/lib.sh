@@ -30,16 +30,38 @@ free_port() { # VAR: a loopback port nobody listens on, below the ephemeral rang
 # The nginx configuration both scripts measure, from one template (bench/nginx.conf.tmpl),
 # so the two cannot drift apart.
 #
-#   nginx_conf WORK UPSTREAM_PORT LISTEN_PORT [MAIN_EXTRA]
+#   nginx_conf WORK UPSTREAM_PORT LISTEN_PORT [MAIN_EXTRA] [WORKER_CONNECTIONS]
 #
 # writes WORK/nginx.conf (and creates WORK/nginx for the temp paths). MAIN_EXTRA is one
 # extra main-context directive line: profile.sh passes "master_process off;" so that
-# callgrind follows the one process that serves.
+# callgrind follows the one process that serves. WORKER_CONNECTIONS defaults to 4096 (the
+# idle-connection rows of run.sh raise it, in their own instances).
 nginx_conf() {
-  local work=$1 upstream_port=$2 listen_port=$3 extra=${4:-}
+  local work=$1 upstream_port=$2 listen_port=$3 extra=${4:-} conns=${5:-4096}
   local tmpl
   tmpl="$(dirname "${BASH_SOURCE[0]}")/nginx.conf.tmpl"
   mkdir -p "$work/nginx"
   sed -e "s|@WORK@|$work|g" -e "s|@UPSTREAM_PORT@|$upstream_port|g" -e "s|@LISTEN_PORT@|$listen_port|g" \
-    -e "s|@MAIN_EXTRA@|$extra|" "$tmpl" >"$work/nginx.conf"
+    -e "s|@MAIN_EXTRA@|$extra|" -e "s|@WORKER_CONNECTIONS@|$conns|" "$tmpl" >"$work/nginx.conf"
+}
+
+# The fair rival of issue 17 (bench/nginx-lua.conf.tmpl): nginx + lua doing nxgate's whole
+# job for one MD5 tenant.
+#
+#   nginx_lua_conf WORK UPSTREAM_PORT LISTEN_PORT UUID SECRET_ENV CLIENT_KEY [MAIN_EXTRA] [WORKER_CONNECTIONS]
+#
+# writes WORK/nginx-lua.conf (and WORK/nginx-lua for the temp paths). The secret itself is
+# not written: nginx reads it from the environment variable named SECRET_ENV. UUID and
+# CLIENT_KEY go into Lua string literals, so they are restricted to a safe alphabet.
+nginx_lua_conf() {
+  local work=$1 upstream_port=$2 listen_port=$3 uuid=$4 secret_env=$5 key=$6 extra=${7:-} conns=${8:-4096}
+  local tmpl v
+  for v in "$uuid" "$secret_env" "$key"; do
+    [[ $v =~ ^[A-Za-z0-9._~+/=-]+$ ]] || { echo "nginx_lua_conf: unsupported character in '$v'" >&2; return 1; }
+  done
+  tmpl="$(dirname "${BASH_SOURCE[0]}")/nginx-lua.conf.tmpl"
+  mkdir -p "$work/nginx-lua"
+  sed -e "s|@WORK@|$work|g" -e "s|@UPSTREAM_PORT@|$upstream_port|g" -e "s|@LISTEN_PORT@|$listen_port|g" \
+    -e "s|@UUID@|$uuid|g" -e "s|@SECRET_ENV@|$secret_env|g" -e "s|@CLIENT_KEY@|$key|g" \
+    -e "s|@MAIN_EXTRA@|$extra|" -e "s|@WORKER_CONNECTIONS@|$conns|" "$tmpl" >"$work/nginx-lua.conf"
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Renders one bench/run.sh result (BASE.tsv, BASE.env, BASE.head.md) as markdown on stdout:
+# Renders one bench/run.sh result (BASE.tsv, BASE.env, BASE.head.md, and BASE.idle.tsv when
+# the idle-connection rows ran) as markdown on stdout:
 #   bash bench/report.sh bench/results/latest
 set -euo pipefail
 BASE=$1
@@ -17,21 +18,27 @@ awk -F'\t' -v tck="$CLK_TCK" -v big_idle="$BIG_IDLE_KIB" -v max_req="$MAX_REQ" -
       ucpu[n] = ($4 > 0) ? ($13 / tck) / $4 * 10000 : 0
       if ($1 == "direct") { drps[$2] = rps[n]; dp99[$2] = $7 }
       if ($1 == "nginx") { nrps[$2] = rps[n]; np99[$2] = $7; ncpu[$2] = gcpu[n] }
+      if ($1 == "nginx-lua") { lrps[$2] = rps[n]; lcpu[$2] = gcpu[n] }
     }
+    function ratio(a, b) { return (b > 0) ? sprintf("%.2f", a / b) : "-" }
     END {
-      print "| row | conns | req/s | vs direct | vs nginx | p50 ms | p99 ms | p99.9 ms | p99 over direct ms | gateway CPU s / 10k req | vs nginx CPU | gateway peak RSS MiB | upstream CPU s / 10k req | errors |"
-      print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+      # "vs nginx-lua": against the peer that does the whole job (the targets of issue 17 compare
+      # nxgate-md5 with it); "-" where the run has no nginx-lua row.
+      print "| row | conns | req/s | vs direct | vs nginx | vs nginx-lua | p50 ms | p99 ms | p99.9 ms | p99 over direct ms | gateway CPU s / 10k req | vs nginx CPU | vs nginx-lua CPU | gateway peak RSS MiB | upstream CPU s / 10k req | errors |"
+      print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
       for (i = 1; i <= n; i++) {
         if (body[i] != 1024) continue
-        isdirect = (row[i] == "direct"); isnginx = (row[i] == "nginx")
-        printf "| %s | %d | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.3f | %d |\n",
+        isdirect = (row[i] == "direct"); isnginx = (row[i] == "nginx"); islua = (row[i] == "nginx-lua")
+        printf "| %s | %d | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.3f | %d |\n",
           row[i], c[i], rps[i],
-          sprintf("%.2f", rps[i] / drps[c[i]]),
-          isdirect ? "-" : sprintf("%.2f", rps[i] / nrps[c[i]]),
+          ratio(rps[i], drps[c[i]]),
+          isdirect ? "-" : ratio(rps[i], nrps[c[i]]),
+          (isdirect || isnginx) ? "-" : ratio(rps[i], lrps[c[i]]),
           ms(p50[i]), ms(p99[i]), ms(p999[i]),
           isdirect ? "-" : sprintf("%+.2f", (p99[i] - dp99[c[i]]) / 1000),
           isdirect ? "-" : sprintf("%.3f", gcpu[i]),
-          (isdirect || isnginx) ? "-" : sprintf("%.2f", gcpu[i] / ncpu[c[i]]),
+          (isdirect || isnginx) ? "-" : ratio(gcpu[i], ncpu[c[i]]),
+          (isdirect || isnginx || islua) ? "-" : ratio(gcpu[i], lcpu[c[i]]),
           isdirect ? "-" : sprintf("%.1f", hwm[i]),
           ucpu[i], err[i]
       }
@@ -49,3 +56,37 @@ awk -F'\t' -v tck="$CLK_TCK" -v big_idle="$BIG_IDLE_KIB" -v max_req="$MAX_REQ" -
         printf "| %s | %d | %.0f | %s | %s | %.1f | %.2f | %.1f | %.2f | %d |\n", row[i], c[i], rps[i], ms(p50[i]), ms(p99[i]), hwm[i], (hwm[i] - big_idle / 1024) / c[i], bound, hwm[i] / bound, err[i]
       }
     }' "$BASE.tsv"
+
+[ -s "$BASE.idle.tsv" ] || exit 0
+echo
+awk -F'\t' -v flood_secs="${FLOOD_SECS:-?}" -v idle_secs="${IDLE_SECS:-?}" '
+    NR == 1 { next }
+    $1 ~ /^idle-/ { ni++; irow[ni] = $0 }
+    $1 ~ /^flood-/ { nf++; frow[nf] = $0 }
+    END {
+      if (ni) {
+        print "Idle keep-alive caller connections: each connection sends one request (1 KiB POST) and reads the answer, then stays open, idle; RSS (VmRSS over the server'"'"'s processes) read 2 s after the last answer, then again 2 s after the connections closed. Target: at most 4 KiB per connection."
+        print ""
+        print "| row | server | conns | answered | errors | idle RSS KiB | RSS with conns KiB | per conn KiB | target ≤ 4 KiB | RSS after close KiB |"
+        print "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"
+        for (i = 1; i <= ni; i++) {
+          split(irow[i], f, "\t")
+          per = (f[4] > 0) ? (f[7] - f[6]) / f[4] : 0
+          printf "| %s | %s | %d | %d | %d | %d | %d | %.2f | %s | %d |\n", f[1], f[2], f[3], f[4], f[5], f[6], f[7], per,
+            (f[4] > 0 && per <= 4) ? "met" : "missed", f[8]
+        }
+      }
+      if (nf) {
+        if (ni) print ""
+        printf "Flood: wrk -t1 with that many connections for %s s (1 KiB POSTs), then RSS read again once the server has been left alone for the seconds shown. Idle RSS is the fresh instance'"'"'s, before the idle-connection row (the ratio'"'"'s base); RSS before flood is after that row. Target: RSS after / idle ≤ 1.20. (Idle and flood section: %s s.)\n", flood_secs, idle_secs
+        print ""
+        print "| row | server | conns | requests | errors | idle RSS KiB | RSS before flood KiB | peak RSS KiB | RSS after KiB | waited s | after / idle | target ≤ 1.20 |"
+        print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        for (i = 1; i <= nf; i++) {
+          split(frow[i], f, "\t")
+          r = (f[6] > 0) ? f[8] / f[6] : 0
+          printf "| %s | %s | %d | %d | %d | %d | %s | %d | %d | %d | %.2f | %s |\n", f[1], f[2], f[3], f[4], f[5], f[6],
+            (f[10] != "") ? f[10] : "-", f[7], f[8], f[9], r, (r > 0 && r <= 1.2) ? "met" : "missed"
+        }
+      }
+    }' "$BASE.idle.tsv"

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # nxgate load benchmark: what the gateway costs, against the physical limit (direct to the
-# emulator) and a plain reverse proxy (nginx), in one run on loopback. See BENCHMARKS.md.
+# emulator), a plain reverse proxy (nginx) and the fair rival that does nxgate's whole job
+# in nginx + Lua (nginx-lua, bench/nginx-lua.conf.tmpl), in one run on loopback; then the
+# memory of idle keep-alive connections and after a connection flood. See BENCHMARKS.md.
 #
-#   bash bench/run.sh            # installs wrk + nginx if missing, builds --release, runs
+#   bash bench/run.sh            # installs wrk + nginx (+ lua module) if missing, builds --release, runs
 #
 # Knobs (environment): DURATION=10 (s measured per row), WARMUP=2 (s per row, not measured),
 # CONNS="1 16 128", PIN=1 (0 = no CPU pinning), LOADGEN_CPUS=0 UPSTREAM_CPUS=0
 # GATEWAY_CPUS=1 (taskset lists), BIG=1 (0 = skip the 1 MiB memory rows),
-# OUT=bench/results/latest.md, KEEP=0 (1 = keep the temp dir with configs and logs).
+# OUT=bench/results/latest.md, KEEP=0 (1 = keep the temp dir with configs and logs),
+# NXGATE_BIN= PASSTHROUGH_BIN= (both set: use these prebuilt binaries, no cargo build),
+# IDLE=1 (0 = skip the idle-connection and flood rows), IDLE_CONNS=5000, FLOOD_CONNS=3000,
+# FLOOD_SECS=10, SETTLE_SECS=60 (how long after its flood each server's RSS is read).
 #
 # Everything listens on 127.0.0.1 (free ports picked at start), every wrk run is bounded by
 # -d, and every process started here is stopped on exit.
@@ -27,6 +32,17 @@ OUT=${OUT:-bench/results/latest.md}
 KEEP=${KEEP:-0}
 BIG_CONNS=${BIG_CONNS:-"16 128"}
 BIG_BYTES=1048576
+NXGATE_BIN=${NXGATE_BIN:-}
+PASSTHROUGH_BIN=${PASSTHROUGH_BIN:-}
+IDLE=${IDLE:-1}
+IDLE_CONNS=${IDLE_CONNS:-5000}
+FLOOD_CONNS=${FLOOD_CONNS:-3000}
+FLOOD_SECS=${FLOOD_SECS:-10}
+SETTLE_SECS=${SETTLE_SECS:-60}
+# The idle and flood rows hold thousands of sockets (wrk, the gateways and the emulators
+# inherit this): 65536 where the hard limit may be raised (root with CAP_SYS_RESOURCE),
+# else the hard limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---------------------------------------------------------------- prerequisites and build
 source scripts/setup.sh
@@ -34,12 +50,22 @@ source bench/lib.sh
 nxgate_install wrk:wrk curl:curl taskset:util-linux
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install nginx:nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-echo "building nxgate (release)..." >&2
-cargo build --release --locked >&2
-# The bare-Pingora baseline: reuses nxgate's compiled dependencies (same lock, same target dir).
-cargo build --release --locked -p pingora-passthrough >&2
-BIN=$ROOT/target/release/nxgate
-PASSTHROUGH=$ROOT/target/release/pingora-passthrough
+# The nginx-lua row needs Debian's lua module (and its ndk dependency); the path stands in
+# for a command name, so nxgate_install installs the package when the module is missing.
+LUA_MODULE=/usr/lib/nginx/modules/ngx_http_lua_module.so
+[ -f "$LUA_MODULE" ] || nxgate_install "$LUA_MODULE:libnginx-mod-http-lua"
+if [ -n "$NXGATE_BIN" ] && [ -n "$PASSTHROUGH_BIN" ]; then
+  BIN=$(realpath "$NXGATE_BIN")
+  PASSTHROUGH=$(realpath "$PASSTHROUGH_BIN")
+  echo "using prebuilt $BIN and $PASSTHROUGH (no build)" >&2
+else
+  echo "building nxgate (release)..." >&2
+  cargo build --release --locked >&2
+  # The bare-Pingora baseline: reuses nxgate's compiled dependencies (same lock, same target dir).
+  cargo build --release --locked -p pingora-passthrough >&2
+  BIN=$ROOT/target/release/nxgate
+  PASSTHROUGH=$ROOT/target/release/pingora-passthrough
+fi
 
 bench_workdir bench
 
@@ -59,7 +85,8 @@ KEY_SHA=bench-client-key-sha256
 KEY_LIM=bench-client-key-limits
 digest() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
 
-for v in P_EMU_PLAIN P_EMU P_NGINX P_PT P_NOLOG A_NOLOG P_MD5 P_SHA P_LIM P_BIG A_MD5 A_SHA A_LIM A_BIG; do free_port "$v"; done
+for v in P_EMU_PLAIN P_EMU P_NGINX P_LUA P_PT P_NOLOG A_NOLOG P_MD5 P_SHA P_LIM P_BIG A_MD5 A_SHA A_LIM A_BIG \
+  P_NGINX_IDLE P_LUA_IDLE P_GW_IDLE A_GW_IDLE; do free_port "$v"; done
 
 # ---------------------------------------------------------------- configs
 gateway_config() { # name port admin_port uuid secret_env algorithm key extra_tenant_yaml limits_yaml
@@ -95,7 +122,10 @@ gateway_config big "$P_BIG" "$A_BIG" "$UUID_MD5" BENCH_SECRET_MD5 MD5 "$KEY_MD5"
   max_response_body_bytes: $MAX_RESP"
 
 nginx_conf "$WORK" "$P_EMU_PLAIN" "$P_NGINX"
-[ "$PIN" = 1 ] || sed -i 's/^worker_processes 1;/worker_processes auto;/' "$WORK/nginx.conf"
+# The peer signs for the MD5 tenant and talks to the verifying emulator, as nxgate-md5 does;
+# it reads the secret from the same environment variable as nxgate's config names.
+nginx_lua_conf "$WORK" "$P_EMU" "$P_LUA" "$UUID_MD5" BENCH_SECRET_MD5 "$KEY_MD5"
+[ "$PIN" = 1 ] || sed -i 's/^worker_processes 1;/worker_processes auto;/' "$WORK/nginx.conf" "$WORK/nginx-lua.conf"
 
 # ---------------------------------------------------------------- start everything
 start() { # name cpus cmd...  (output appended to $WORK/name.log)
@@ -113,6 +143,7 @@ start emu-plain "$UPSTREAM_CPUS" "$BIN" emulator --listen "127.0.0.1:$P_EMU_PLAI
 start emu "$UPSTREAM_CPUS" "$BIN" emulator --listen "127.0.0.1:$P_EMU" \
   --tenant "$UUID_MD5=$SECRET_MD5" --tenant "$UUID_SHA=$SECRET_SHA"
 start nginx "$GATEWAY_CPUS" "$NGINX" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf"
+start nginx-lua "$GATEWAY_CPUS" "$NGINX" -e "$WORK/nginx-lua-error.log" -c "$WORK/nginx-lua.conf"
 start passthrough "$GATEWAY_CPUS" "$PASSTHROUGH" "127.0.0.1:$P_PT" "127.0.0.1:$P_EMU_PLAIN"
 start gw-md5 "$GATEWAY_CPUS" "$BIN" run -c "$WORK/md5.yaml"
 start gw-sha256 "$GATEWAY_CPUS" "$BIN" run -c "$WORK/sha256.yaml"
@@ -137,6 +168,7 @@ wait_ready() { # url key
 PATH_=/callcentre/api/v3/ping
 URL_DIRECT=http://127.0.0.1:$P_EMU_PLAIN$PATH_
 URL_NGINX=http://127.0.0.1:$P_NGINX$PATH_
+URL_LUA=http://127.0.0.1:$P_LUA$PATH_
 URL_PT=http://127.0.0.1:$P_PT$PATH_
 URL_NOLOG=http://127.0.0.1:$P_NOLOG$PATH_
 URL_MD5=http://127.0.0.1:$P_MD5$PATH_
@@ -144,12 +176,15 @@ URL_SHA=http://127.0.0.1:$P_SHA$PATH_
 URL_LIM=http://127.0.0.1:$P_LIM$PATH_
 wait_ready "$URL_DIRECT" "$KEY_MD5"
 wait_ready "$URL_NGINX" "$KEY_MD5"
+wait_ready "$URL_LUA" "$KEY_MD5"
 wait_ready "$URL_PT" "$KEY_MD5"
 wait_ready "$URL_NOLOG" "$KEY_MD5"
 wait_ready "$URL_MD5" "$KEY_MD5"
 wait_ready "$URL_SHA" "$KEY_SHA"
 wait_ready "$URL_LIM" "$KEY_LIM"
-NGINX_PIDS() { echo "$PID_nginx" $(pgrep -P "$PID_nginx" || true); }
+with_children() { echo "$1" $(pgrep -P "$1" || true); } # an nginx master and its worker
+NGINX_PIDS() { with_children "$PID_nginx"; }
+NGINX_LUA_PIDS() { with_children "$PID_nginx_lua"; }
 
 # ---------------------------------------------------------------- measuring
 ticks() { # utime+stime (clock ticks) summed over PIDs
@@ -193,10 +228,11 @@ measure() { # row conns body_bytes url key "gateway pids" upstream_pid
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 echo "measuring (${DURATION}s per row after ${WARMUP}s warm-up; load average $LOAD_BEFORE)..." >&2
-# Interleaved: all five rows at one concurrency, then the next concurrency.
+# Interleaved: all the rows at one concurrency, then the next concurrency.
 for c in $CONNS; do
   measure direct "$c" 1024 "$URL_DIRECT" "$KEY_MD5" "" "$PID_emu_plain"
   measure nginx "$c" 1024 "$URL_NGINX" "$KEY_MD5" "$(NGINX_PIDS)" "$PID_emu_plain"
+  measure nginx-lua "$c" 1024 "$URL_LUA" "$KEY_MD5" "$(NGINX_LUA_PIDS)" "$PID_emu"
   measure pingora-passthrough "$c" 1024 "$URL_PT" "$KEY_MD5" "$PID_passthrough" "$PID_emu_plain"
   measure nxgate-md5 "$c" 1024 "$URL_MD5" "$KEY_MD5" "$PID_gw_md5" "$PID_emu"
   measure nxgate-sha256 "$c" 1024 "$URL_SHA" "$KEY_SHA" "$PID_gw_sha256" "$PID_emu"
@@ -207,7 +243,7 @@ done
 BIG_IDLE_KIB=0
 if [ "$BIG" = 1 ]; then
   # A fresh gateway, so its peak is this test's alone; the others are stopped to free CPU.
-  kill "$PID_gw_md5" "$PID_gw_sha256" "$PID_gw_limits" "$PID_gw_nolog" "$PID_nginx" "$PID_passthrough" 2>/dev/null || true
+  kill "$PID_gw_md5" "$PID_gw_sha256" "$PID_gw_limits" "$PID_gw_nolog" "$PID_nginx" "$PID_nginx_lua" "$PID_passthrough" 2>/dev/null || true
   start gw-big "$GATEWAY_CPUS" "$BIN" run -c "$WORK/big.yaml"
   URL_BIG=http://127.0.0.1:$P_BIG$PATH_
   wait_ready "$URL_BIG" "$KEY_MD5"
@@ -219,16 +255,120 @@ if [ "$BIG" = 1 ]; then
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# ---------------------------------------------------------------- idle connections and flood
+# Memory per idle keep-alive caller connection, and whether memory comes back after a
+# flood, for nginx, the nginx-lua peer and nxgate-md5. Fresh instances (in $WORK/idle, with
+# room for the connections: the throughput configs above stay as they were), started after
+# every throughput row, the others stopped. RSS is VmRSS summed over the server's processes
+# (nginx: master + worker).
+IDLE_RAW="$WORK/idle.tsv"
+# idle rows: loaded = RSS with the connections open, after = RSS once they closed;
+# flood rows: ok = requests, loaded = peak (VmHWM), before = RSS just before the flood,
+# after = RSS waited_s seconds after it.
+printf 'row\tserver\tconns\tok\terrors\tidle_kib\tloaded_kib\tafter_kib\twaited_s\tbefore_kib\n' >"$IDLE_RAW"
+rss_kib() { local p s=0 v; for p in "$@"; do v=$(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0); s=$((s + ${v:-0})); done; echo "$s"; }
+declare -A SRV_URL=() SRV_KEY=() SRV_PIDS=() SRV_IDLE=() FLOOD_END=() FLOOD_LINE=() FLOOD_BEFORE=()
+idle_row() { # server: open IDLE_CONNS keep-alive connections, one request each, and hold them
+  local name=$1 url=${SRV_URL[$1]} key=${SRV_KEY[$1]} pids=${SRV_PIDS[$1]}
+  local out="$WORK/idle-$name.out" idle loaded after pid i ok closed cmd
+  echo "  idle-$IDLE_CONNS, $name..." >&2
+  check "$url" "$key" || { echo "sanity check failed for idle-$IDLE_CONNS $name ($url)" >&2; exit 1; }
+  idle=$(rss_kib $pids)
+  SRV_IDLE[$name]=$idle
+  cmd=(python3 "$ROOT/bench/idle_conns.py" -n "$IDLE_CONNS" --key "$key" --open-secs 60 --hold-secs 90 "$url")
+  [ "$PIN" = 1 ] && cmd=(taskset -c "$LOADGEN_CPUS" "${cmd[@]}")
+  "${cmd[@]}" >"$out" </dev/null &
+  pid=$!
+  PIDS+=("$pid")
+  for i in $(seq 1 700); do # the tool gives up opening after 60 s
+    grep -q '^READY' "$out" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  sleep 2 # let the server finish its bookkeeping of the last answers
+  loaded=$(rss_kib $pids)
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  sleep 2
+  after=$(rss_kib $pids)
+  ok=$(sed -n 's/^READY ok=\([0-9]*\).*/\1/p' "$out")
+  closed=$(sed -n 's/^DONE .*server_closed=\([0-9]*\).*/\1/p' "$out")
+  # errors: connections that got no 2xx answer, or that the server closed while they were
+  # held (before the tool closed them, i.e. possibly before RSS was read).
+  printf 'idle-%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$IDLE_CONNS" "$name" "$IDLE_CONNS" "${ok:-0}" \
+    "$((IDLE_CONNS - ${ok:-0} + ${closed:-0}))" "$idle" "$loaded" "$after" 2 "$idle" >>"$IDLE_RAW"
+  check "$url" "$key" || { echo "sanity check failed after idle-$IDLE_CONNS $name ($url)" >&2; exit 1; }
+}
+flood_row() { # server: FLOOD_CONNS connections of wrk load for FLOOD_SECS; the peak is kept
+  local name=$1 url=${SRV_URL[$1]} key=${SRV_KEY[$1]} pids=${SRV_PIDS[$1]} res hwm before
+  echo "  flood-$FLOOD_CONNS, $name..." >&2
+  before=$(rss_kib $pids)
+  FLOOD_BEFORE[$name]=$before
+  reset_hwm $pids
+  res=$(BODY_BYTES=1024 CLIENT_KEY=$key pin "$LOADGEN_CPUS" wrk -t1 -c"$FLOOD_CONNS" -d"${FLOOD_SECS}s" \
+    --timeout 10s -s "$ROOT/bench/post.lua" "$url" | grep '^RESULT')
+  FLOOD_END[$name]=$(date +%s)
+  hwm=$(hwm_kib $pids)
+  v() { tr ' ' '\n' <<<"$res" | awk -F= -v k="$1" '$1 == k {print $2}'; }
+  local errors=$(( $(v err_connect) + $(v err_read) + $(v err_write) + $(v err_status) + $(v err_timeout) ))
+  FLOOD_LINE[$name]="flood-$FLOOD_CONNS\t$name\t$FLOOD_CONNS\t$(v requests)\t$errors\t${SRV_IDLE[$name]}\t$hwm"
+  truncate_logs
+  local f; for f in "$WORK"/idle/*.log; do : >"$f"; done
+}
+IDLE_STARTED=$SECONDS
+if [ "$IDLE" = 1 ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + FLOOD_CONNS + 1024)) ]; then
+  echo "skipping the idle and flood rows: ulimit -n is $(ulimit -n)" >&2
+  IDLE=0
+fi
+if [ "$IDLE" = 1 ]; then
+  echo "idle connections ($IDLE_CONNS) and flood ($FLOOD_CONNS connections, ${FLOOD_SECS} s, RSS ${SETTLE_SECS} s later)..." >&2
+  kill "$PID_gw_md5" "$PID_gw_sha256" "$PID_gw_limits" "$PID_gw_nolog" "$PID_nginx" "$PID_nginx_lua" \
+    "$PID_passthrough" ${PID_gw_big:+"$PID_gw_big"} 2>/dev/null || true
+  # A flood holds a caller and an upstream connection per request in flight.
+  WCONN=$((IDLE_CONNS > 2 * FLOOD_CONNS ? IDLE_CONNS : 2 * FLOOD_CONNS))
+  WCONN=$((WCONN + 1024))
+  NOFILE=$(ulimit -n)
+  NOFILE=$((2 * WCONN < NOFILE ? 2 * WCONN : NOFILE))
+  mkdir -p "$WORK/idle"
+  nginx_conf "$WORK/idle" "$P_EMU_PLAIN" "$P_NGINX_IDLE" "worker_rlimit_nofile $NOFILE;" "$WCONN"
+  nginx_lua_conf "$WORK/idle" "$P_EMU" "$P_LUA_IDLE" "$UUID_MD5" BENCH_SECRET_MD5 "$KEY_MD5" \
+    "worker_rlimit_nofile $NOFILE;" "$WCONN"
+  [ "$PIN" = 1 ] || sed -i 's/^worker_processes 1;/worker_processes auto;/' "$WORK/idle/nginx.conf" "$WORK/idle/nginx-lua.conf"
+  gateway_config idle "$P_GW_IDLE" "$A_GW_IDLE" "$UUID_MD5" BENCH_SECRET_MD5 MD5 "$KEY_MD5"
+  start idle-nginx "$GATEWAY_CPUS" "$NGINX" -e "$WORK/idle/nginx-error.log" -c "$WORK/idle/nginx.conf"
+  start idle-nginx-lua "$GATEWAY_CPUS" "$NGINX" -e "$WORK/idle/nginx-lua-error.log" -c "$WORK/idle/nginx-lua.conf"
+  start idle-gw "$GATEWAY_CPUS" "$BIN" run -c "$WORK/idle.yaml"
+  SRV_URL=([nginx]=http://127.0.0.1:$P_NGINX_IDLE$PATH_ [nginx-lua]=http://127.0.0.1:$P_LUA_IDLE$PATH_
+    [nxgate-md5]=http://127.0.0.1:$P_GW_IDLE$PATH_)
+  SRV_KEY=([nginx]=$KEY_MD5 [nginx-lua]=$KEY_MD5 [nxgate-md5]=$KEY_MD5)
+  for s in nginx nginx-lua nxgate-md5; do wait_ready "${SRV_URL[$s]}" "${SRV_KEY[$s]}"; done
+  SRV_PIDS=([nginx]="$(with_children "$PID_idle_nginx")" [nginx-lua]="$(with_children "$PID_idle_nginx_lua")"
+    [nxgate-md5]=$PID_idle_gw)
+  sleep 1
+  for s in nginx nginx-lua nxgate-md5; do idle_row "$s"; done
+  for s in nginx nginx-lua nxgate-md5; do flood_row "$s"; done
+  # Each server's RSS SETTLE_SECS after its own flood ended (later if the others' floods
+  # took longer than that); the seconds actually waited go in the row.
+  for s in nginx nginx-lua nxgate-md5; do
+    wait_s=$((FLOOD_END[$s] + SETTLE_SECS - $(date +%s)))
+    [ "$wait_s" -gt 0 ] && sleep "$wait_s"
+    printf '%b\t%s\t%s\t%s\n' "${FLOOD_LINE[$s]}" "$(rss_kib ${SRV_PIDS[$s]})" "$(($(date +%s) - FLOOD_END[$s]))" \
+      "${FLOOD_BEFORE[$s]}" >>"$IDLE_RAW"
+  done
+fi
+IDLE_SECS=$((SECONDS - IDLE_STARTED))
+
 # ---------------------------------------------------------------- report
 mkdir -p "$(dirname "$OUT")"
 BASE=${OUT%.md}
 cp "$RAW" "$BASE.tsv"
-# CONN_BUF: the fixed per-connection buffers besides the two bodies: Pingora's three of
-# 64 KiB (the downstream L4 read buffer, DEFAULT_L4_READ_BUFFER_SIZE, and the request and
-# upstream response body readers' BODY_BUFFER_SIZE) and nxgate's 16 KiB downstream write
-# buffer (server::DOWNSTREAM_WRITE_BUFFER).
-printf 'CLK_TCK=%s\nBIG_IDLE_KIB=%s\nMAX_REQ=%s\nMAX_RESP=%s\nCONN_BUF=212992\n' \
-  "$CLK_TCK" "$BIG_IDLE_KIB" "$MAX_REQ" "$MAX_RESP" >"$BASE.env"
+rm -f "$BASE.idle.tsv"
+if [ "$IDLE" = 1 ]; then cp "$IDLE_RAW" "$BASE.idle.tsv"; fi
+# CONN_BUF: the fixed per-request buffers besides the two bodies: Pingora's two of 64 KiB
+# (the request and upstream response body readers' BODY_BUFFER_SIZE) and nxgate's 16 KiB
+# write gathering (net::downstream::WRITE_COALESCE_BYTES); the listeners' L4 buffers are off.
+printf 'CLK_TCK=%s\nBIG_IDLE_KIB=%s\nMAX_REQ=%s\nMAX_RESP=%s\nCONN_BUF=147456\nFLOOD_SECS=%s\nSETTLE_SECS=%s\nIDLE_SECS=%s\n' \
+  "$CLK_TCK" "$BIG_IDLE_KIB" "$MAX_REQ" "$MAX_RESP" "$FLOOD_SECS" "$SETTLE_SECS" "$IDLE_SECS" >"$BASE.env"
 {
   echo "## nxgate benchmark run, $STARTED"
   echo
@@ -243,6 +383,12 @@ printf 'CLK_TCK=%s\nBIG_IDLE_KIB=%s\nMAX_REQ=%s\nMAX_RESP=%s\nCONN_BUF=212992\n'
   fi
   echo "- ${DURATION} s measured per row after ${WARMUP} s warm-up at the same concurrency; rows interleaved per concurrency;" \
     "wrk -t1, POST $PATH_ with a 1024-byte JSON body; load average before $LOAD_BEFORE, after $LOAD_AFTER"
+  echo "- nginx-lua: nginx + libnginx-mod-http-lua doing nxgate's whole job for the MD5 tenant (bench/nginx-lua.conf.tmpl:" \
+    "bearer key, sign, ngx.location.capture over a keep-alive pool to the verifying emulator, verify the answer, access log)"
+  if [ "$IDLE" = 1 ]; then
+    echo "- idle and flood rows (after the others): fresh nginx, nginx-lua and nxgate-md5 instances, same pinning" \
+      "(nginx worker_connections $WCONN); caller connections from bench/idle_conns.py and wrk on CPU $LOADGEN_CPUS; ${IDLE_SECS} s in all"
+  fi
 } >"$BASE.head.md"
 bash "$ROOT/bench/report.sh" "$BASE" | tee "$OUT"
 echo "results: $OUT (raw: ${OUT%.md}.tsv)" >&2
