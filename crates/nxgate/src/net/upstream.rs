@@ -18,7 +18,7 @@
 
 use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::{HttpPeer, Peer};
@@ -169,16 +169,22 @@ impl Upstream {
         loop {
             // A connect failure is never retried (`replay::after_failure` says so for
             // `Connect`): only a fresh connection connects, and it failing is the answer.
-            // Boxed: the connector's future (TLS connect inline) is ~9 KiB, and every future
-            // that holds it inline grows by that much and is copied whole on each move
-            // (`docs/pingora.md` §11).
-            let (mut session, reused) =
-                Box::pin(self.connector.get_http_session(peer)).await.map_err(|e| connect_error(&e))?;
+            // A pooled connection is taken without the connector's connect path, whose future
+            // (TLS connect inline) is ~9 KiB: held inline it would grow every future above it,
+            // each copied whole on every move, so it is boxed and only made for a new
+            // connection (`docs/pingora.md` §11).
+            let (h1, reused) = match self.connector.reused_http_session(peer).await {
+                Some(h1) => (h1, true),
+                None => Box::pin(self.connector.get_http_session(peer)).await.map_err(|e| connect_error(&e))?,
+            };
+            let mut session = HttpSession::H1(h1);
             session.set_read_timeout(Some(self.cfg.read_timeout));
             session.set_write_timeout(Some(self.cfg.read_timeout));
             let failure = match exchange(&mut session, header(), body, max_body).await {
                 Ok(response) => {
-                    self.connector.release_http_session(session, peer, peer.idle_timeout()).await;
+                    if let HttpSession::H1(h1) = session {
+                        self.connector.release_http_session(h1, peer, peer.idle_timeout()).await;
+                    }
                     return Ok(response);
                 }
                 Err(f) => f,
