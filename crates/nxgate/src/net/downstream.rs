@@ -52,7 +52,7 @@ use nxgate_core::errors::{ErrorResponse, GatewayError};
 use nxgate_core::signing;
 
 /// What Pingora peeks for on a cleartext connection (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Writes are gathered up to this size until the server flushes, so a response header and
 /// a body of up to ~15 KiB leave in one segment. The buffer exists only from a response's

@@ -25,8 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// What Pingora peeks for on a cleartext connection (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use crate::net::downstream::H2_PREFACE;
 
 /// Pingora's keep-alive time for a connection's first request (as in its own loop).
 const FIRST_REQUEST_KEEPALIVE_SECS: u64 = 60;

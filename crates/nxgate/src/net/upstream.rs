@@ -254,8 +254,8 @@ struct Cork(Option<std::os::fd::RawFd>);
 
 impl Cork {
     fn new(s: &HttpSession) -> Self {
-        // Pingora's stream id is its socket's fd (`docs/pingora.md` §11); h2 streams share
-        // a connection and are left alone.
+        // Pingora's stream id is its socket's fd (`docs/pingora.md` §11). The v1 connector
+        // only makes HTTP/1 sessions; anything else would share its connection, so is left alone.
         let fd = match s {
             HttpSession::H1(h1) => Some(h1.stream().id()),
             _ => None,
