@@ -1,5 +1,6 @@
 //! Process wiring: Pingora's server with the proxy, admin and housekeeping services.
 
+use pingora::apps::HttpServerApp;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
@@ -17,7 +18,7 @@ use crate::net::tls::CertStore;
 use crate::pipeline::{NxGate, DOWNSTREAM_KEEPALIVE_SECS};
 use crate::runtime::admin::{AdminApp, Housekeeping};
 use crate::runtime::bind::Bound;
-use crate::runtime::generation;
+use crate::runtime::generation::{self, Live};
 use crate::runtime::lifecycle::{Lifecycle, Signals};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::reload::{Reloader, TlsStores};
@@ -26,13 +27,31 @@ use nxgate_core::config::GatewayConfig;
 /// Seconds each runtime gets to finish its tasks once the grace period is over.
 pub const RUNTIME_SHUTDOWN_SECS: u64 = 5;
 
-/// The caller-facing listeners' L4 buffers: none. Pingora's defaults (64 KiB read, 1,460
-/// bytes write) are allocated per connection and kept while it idles; the guarded stream
-/// gathers a response's writes itself, only while it is written
-/// (`net::downstream::WRITE_COALESCE_BYTES`), and Pingora's parser reads into its own
-/// buffers (`docs/pingora.md` §11).
-fn caller_buffers() -> L4BufferSettings {
-    L4BufferSettings::unbuffered()
+/// A caller-facing service (the proxy, the callback listener): `app` behind the lean
+/// HTTP/1 loop and the header deadline, on `addrs`, with TLS when `tls` is set. The listeners
+/// have no L4 buffers: Pingora's defaults (64 KiB read, 1,460 bytes write) are allocated per
+/// connection and kept while it idles; the guarded stream gathers a response's writes itself,
+/// only while it is written (`net::downstream::WRITE_COALESCE_BYTES`), and Pingora's parser
+/// reads into its own buffers (`docs/pingora.md` §11).
+fn caller_service<A: HttpServerApp + Send + Sync + 'static>(
+    name: &str,
+    app: A,
+    addrs: &[SocketAddr],
+    tls: Option<&Arc<CertStore>>,
+    bound: &Bound,
+    live: &Live,
+    metrics: &Metrics,
+) -> Service<HeaderDeadline<LeanHttp<A>>> {
+    let app = LeanHttp::new(app, Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
+    let mut svc = Service::new(name.to_owned(), HeaderDeadline::new(app, live.clone(), metrics));
+    for addr in addrs {
+        let mut endpoint = listener(*addr, bound).l4_buffer(L4BufferSettings::unbuffered());
+        if let Some(store) = tls {
+            endpoint = endpoint.tls(store.settings());
+        }
+        svc.add_listener(endpoint);
+    }
+    svc
 }
 
 /// How a process starts: fresh, or taking over the listening sockets of a running one.
@@ -102,29 +121,20 @@ impl Gateway {
         let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone(), tls.clone()));
 
         let app = NxGate::new(live.clone(), metrics.clone(), lifecycle.clone());
-        let app = LeanHttp::new(app, Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
-        let mut proxy = Service::new("nxgate".to_owned(), HeaderDeadline::new(app, live.clone(), &metrics));
-        for addr in &bound.listen {
-            let mut endpoint = listener(*addr, &bound).l4_buffer(caller_buffers());
-            if let Some(store) = &tls.proxy {
-                endpoint = endpoint.tls(store.settings());
-            }
-            proxy.add_listener(endpoint);
-        }
-        server.add_service(proxy);
+        server.add_service(caller_service("nxgate", app, &bound.listen, tls.proxy.as_ref(), &bound, &live, &metrics));
 
         if !bound.callbacks.is_empty() {
             let app = CallbackApp::new(live.clone(), metrics.clone(), lifecycle.clone());
-            let app = LeanHttp::new(app, Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
-            let mut svc = Service::new("nxgate callbacks".to_owned(), HeaderDeadline::new(app, live.clone(), &metrics));
-            for addr in &bound.callbacks {
-                let mut endpoint = listener(*addr, &bound).l4_buffer(caller_buffers());
-                if let Some(store) = &tls.callbacks {
-                    endpoint = endpoint.tls(store.settings());
-                }
-                svc.add_listener(endpoint);
-            }
-            server.add_service(svc);
+            let callbacks = tls.callbacks.as_ref();
+            server.add_service(caller_service(
+                "nxgate callbacks",
+                app,
+                &bound.callbacks,
+                callbacks,
+                &bound,
+                &live,
+                &metrics,
+            ));
         }
 
         if let Some(addr) = bound.admin {
