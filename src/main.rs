@@ -1,0 +1,36 @@
+use clap::Parser;
+use std::process::ExitCode;
+
+use nxgate::cli::args::{Cli, Command};
+use nxgate::cli::commands;
+use nxgate::process::logging;
+use nxgate::server::StartMode;
+
+/// jemalloc, with background purging: memory freed after a burst of connections goes back to
+/// the system within seconds, where glibc's malloc keeps the peak (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    #[cfg(feature = "emulator")]
+    let default_filter = if matches!(cli.command, Command::Demo) { "error" } else { "info" };
+    #[cfg(not(feature = "emulator"))]
+    let default_filter = "info";
+    logging::init(cli.log_format, default_filter);
+    match &cli.command {
+        Command::Run { config, upgrade, upgrade_sock, ready_file } => {
+            let mode =
+                StartMode { upgrade: *upgrade, upgrade_sock: upgrade_sock.clone(), ready_file: ready_file.clone() };
+            commands::run(config, &mode)
+        }
+        Command::Check { config } => commands::check(config),
+        Command::Ping { config, tenant } => commands::ping(config, tenant.as_deref()),
+        Command::Healthcheck { url } => commands::healthcheck(url),
+        Command::Sign(args) => commands::sign(args),
+        #[cfg(feature = "emulator")]
+        Command::Emulator(args) => nxgate_emulator::cli::run(args),
+        #[cfg(feature = "emulator")]
+        Command::Demo => nxgate::cli::demo::run(),
+    }
+}

@@ -1,0 +1,6 @@
+//! The process, beside transport at the bottom: metrics, logging, and the lifecycle
+//! (readiness, in-flight accounting, draining).
+
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;

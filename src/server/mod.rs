@@ -1,0 +1,185 @@
+//! The server, above both flows: Pingora's server with the proxy, callback, admin and
+//! housekeeping services; where the listeners are bound (`bind`), the admin listener
+//! (`admin`) and config reload (`reload`).
+
+pub mod admin;
+pub mod bind;
+pub mod reload;
+
+use pingora::apps::HttpServerApp;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::callbacks::CallbackApp;
+use crate::net::downstream::{DeadlineSource, HeaderDeadline};
+use crate::net::keepalive::LeanHttp;
+use crate::net::tls::CertStore;
+use crate::process::lifecycle::{Lifecycle, Signals};
+use crate::process::metrics::Metrics;
+use crate::proxy::{NxGate, DOWNSTREAM_KEEPALIVE_SECS};
+use crate::server::admin::{AdminApp, Housekeeping};
+use crate::server::bind::Bound;
+use crate::server::reload::{Reloader, TlsStores};
+use crate::state::{self, Live};
+use nxgate_core::config::GatewayConfig;
+
+/// Seconds each runtime gets to finish its tasks once the grace period is over.
+pub const RUNTIME_SHUTDOWN_SECS: u64 = 5;
+
+/// A caller-facing service (the proxy, the callback listener): `app` behind the lean
+/// HTTP/1 loop and the header deadline, on `addrs`, with TLS when `tls` is set. The listeners
+/// have no L4 buffers: Pingora's defaults (64 KiB read, 1,460 bytes write) are allocated per
+/// connection and kept while it idles; the guarded stream gathers a response's writes itself,
+/// only while it is written (`net::downstream::WRITE_COALESCE_BYTES`), and Pingora's parser
+/// reads into its own buffers (`docs/pingora.md` §11).
+fn caller_service<A: HttpServerApp + Send + Sync + 'static>(
+    name: &str,
+    app: A,
+    addrs: &[SocketAddr],
+    tls: Option<&Arc<CertStore>>,
+    bound: &Bound,
+    live: &Live,
+    metrics: &Metrics,
+) -> Service<HeaderDeadline<LeanHttp<A>>> {
+    let app = LeanHttp::new(app, Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
+    let mut svc =
+        Service::new(name.to_owned(), HeaderDeadline::new(app, header_deadline(live), metrics.header_timeouts.clone()));
+    for addr in addrs {
+        let mut endpoint = listener(*addr, bound).l4_buffer(L4BufferSettings::unbuffered());
+        if let Some(store) = tls {
+            endpoint = endpoint.tls(store.settings());
+        }
+        svc.add_listener(endpoint);
+    }
+    svc
+}
+
+/// Each new connection's header deadline, from the generation live at its accept.
+fn header_deadline(live: &Live) -> DeadlineSource {
+    let live = live.clone();
+    Box::new(move || live.load().config.request_header_timeout)
+}
+
+/// How a process starts: fresh, or taking over the listening sockets of a running one.
+#[derive(Debug, Clone, Default)]
+pub struct StartMode {
+    /// Take the listeners from the process listening on `upgrade_sock` (Pingora's
+    /// graceful upgrade: start the new process with this set, then SIGQUIT the old one).
+    pub upgrade: bool,
+    /// The socket the listeners are handed over on; see [`default_upgrade_sock`].
+    pub upgrade_sock: Option<PathBuf>,
+    /// Once every listener accepts, write the bound addresses here as JSON.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The default handover socket: stable across restarts of one instance (it is named for
+/// the first listen port as bound), distinct between instances on one host.
+pub fn default_upgrade_sock(bound: &Bound) -> PathBuf {
+    let port = bound.listen.first().map_or(0, |a| a.port());
+    std::env::temp_dir().join(format!("nxgate-upgrade-{port}.sock"))
+}
+
+/// Pingora's listener for `addr`; a reserved port-0 address must share the reservation's
+/// port, so its listener sets `SO_REUSEPORT` as the reservation did.
+fn listener(addr: SocketAddr, bound: &Bound) -> ListenerConfig {
+    let config = ListenerConfig::tcp(addr.to_string());
+    if !bound.is_reserved(addr) {
+        return config;
+    }
+    let mut options = TcpSocketOptions::default();
+    options.so_reuseport = Some(true);
+    config.tcp_socket_options(options)
+}
+
+/// A built, not yet running gateway.
+pub struct Gateway {
+    server: Server,
+    lifecycle: Arc<Lifecycle>,
+    bound: Arc<Bound>,
+}
+
+impl Gateway {
+    /// Builds every service for `config`; `config_path` is what reloads read. Fails if a
+    /// listen address cannot be had.
+    pub fn build(config: GatewayConfig, config_path: &Path, mode: &StartMode) -> Result<Self, String> {
+        let callback_listen = config.callbacks.as_ref().map(|c| c.listen.clone()).unwrap_or_default();
+        let bound = Arc::new(Bound::resolve(&config.listen, config.admin_listen, &callback_listen, mode.upgrade)?);
+        let tls = TlsStores {
+            proxy: config.listen_tls.as_ref().map(CertStore::new).transpose()?,
+            callbacks: config.callbacks.as_ref().and_then(|c| c.tls.as_ref()).map(CertStore::new).transpose()?,
+        };
+        let upgrade_sock = mode.upgrade_sock.clone().unwrap_or_else(|| default_upgrade_sock(&bound));
+        let conf = ServerConf {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            grace_period_seconds: Some(config.shutdown_grace.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECS),
+            pid_file: std::env::temp_dir().join(format!("nxgate-{}.pid", std::process::id())).display().to_string(),
+            upgrade_sock: upgrade_sock.display().to_string(),
+            ..ServerConf::default()
+        };
+        let opt = Opt { upgrade: mode.upgrade, ..Opt::default() };
+        let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+        server.bootstrap();
+
+        let metrics = Arc::new(Metrics::new());
+        let lifecycle = Lifecycle::new(config.shutdown_grace, metrics.clone());
+        let live = state::live(config, metrics.clone());
+        let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone(), tls.clone()));
+
+        let app = NxGate::new(live.clone(), metrics.clone(), lifecycle.clone());
+        server.add_service(caller_service("nxgate", app, &bound.listen, tls.proxy.as_ref(), &bound, &live, &metrics));
+
+        if !bound.callbacks.is_empty() {
+            let app = CallbackApp::new(live.clone(), metrics.clone(), lifecycle.clone());
+            let callbacks = tls.callbacks.as_ref();
+            server.add_service(caller_service(
+                "nxgate callbacks",
+                app,
+                &bound.callbacks,
+                callbacks,
+                &bound,
+                &live,
+                &metrics,
+            ));
+        }
+
+        if let Some(addr) = bound.admin {
+            let admin = AdminApp { lifecycle: lifecycle.clone(), metrics: metrics.clone(), reloader: reloader.clone() };
+            let deadline = HeaderDeadline::new(admin, header_deadline(&live), metrics.header_timeouts.clone());
+            let mut svc = Service::new("nxgate admin".to_owned(), deadline);
+            svc.add_listener(listener(addr, &bound));
+            server.add_service(svc);
+        }
+        let housekeeping = Housekeeping {
+            bound: bound.clone(),
+            ready_file: mode.ready_file.clone(),
+            lifecycle: lifecycle.clone(),
+            reloader,
+        };
+        server.add_service(background_service("housekeeping", housekeeping));
+        Ok(Gateway { server, lifecycle, bound })
+    }
+
+    /// Where the listeners are (port 0 resolved).
+    pub fn bound(&self) -> Arc<Bound> {
+        self.bound.clone()
+    }
+
+    /// The lifecycle handle (readiness, draining, stop).
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        self.lifecycle.clone()
+    }
+
+    /// Runs until a signal (or `Lifecycle::stop_now`). Blocks.
+    pub fn run(self) {
+        let signals = Signals(self.lifecycle.clone());
+        self.server.run(RunArgs { shutdown_signal: Box::new(signals) });
+    }
+}
