@@ -9,7 +9,7 @@
 //! `runtime/block_on_empty` measures that harness alone (an empty future), to subtract.
 //!
 //! - `local/try_enter`: take and release one `max_in_flight` slot (an atomic pair).
-//! - `local/check_rate_unlimited`: a tenant with no rate limit (lookup, early return).
+//! - `local/check_rate_unlimited`: a tenant with no rate limit (early return).
 //! - `local/check_rate`: one GCRA step of the tenant's `governor` limiter.
 //! - `redis/check_rate`: one GCRA step in Redis (`EVALSHA` round trip over loopback),
 //!   against a `redis-server` this bench starts on a free loopback port and stops at the
@@ -25,8 +25,15 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nxgate::policy::admission::{Admission, RateDecision};
+use nxgate::policy::admission::{RateBackend, RateDecision, TenantAdmission};
 use nxgate_core::config;
+
+/// The rate backend and the two tenants' admission state, as a generation holds them.
+struct Admission {
+    backend: RateBackend,
+    limited: TenantAdmission,
+    unlimited: TenantAdmission,
+}
 
 fn admission(backend: &str) -> Admission {
     let yaml = format!(
@@ -52,7 +59,15 @@ tenants:
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let cfg = config::parse(&yaml, Path::new("bench.yaml"), &env).expect("bench config is valid");
-    Admission::new(&cfg, None, None)
+    let tenant = |name: &str| {
+        let t = cfg.tenants.iter().find(|t| t.name == name).expect("configured");
+        TenantAdmission::new(t, None)
+    };
+    Admission {
+        backend: RateBackend::new(&cfg, None, None),
+        limited: tenant("limited"),
+        unlimited: tenant("unlimited"),
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -63,11 +78,11 @@ fn local(c: &mut Criterion) {
     let rt = runtime();
     let adm = admission("  kind: \"local\"");
     let mut g = c.benchmark_group("local");
-    g.bench_function("try_enter", |b| b.iter(|| adm.try_enter(black_box("limited")).is_some()));
-    g.bench_function("check_rate_unlimited", |b| b.iter(|| rt.block_on(adm.check_rate(black_box("unlimited")))));
+    g.bench_function("try_enter", |b| b.iter(|| black_box(&adm.limited).try_enter().is_some()));
+    g.bench_function("check_rate_unlimited", |b| b.iter(|| rt.block_on(adm.backend.check(black_box(&adm.unlimited)))));
     g.bench_function("check_rate", |b| {
         b.iter(|| {
-            let d = rt.block_on(adm.check_rate(black_box("limited")));
+            let d = rt.block_on(adm.backend.check(black_box(&adm.limited)));
             debug_assert!(matches!(d, RateDecision::Allowed(Some(_))));
             d
         })
@@ -134,7 +149,7 @@ fn redis(c: &mut Criterion) {
     // The first checks start the background connect; wait until Redis itself answers.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match rt.block_on(adm.check_rate("limited")) {
+        match rt.block_on(adm.backend.check(&adm.limited)) {
             RateDecision::Allowed(Some(_)) => break,
             other if Instant::now() > deadline => panic!("Redis backend never admitted: {other:?}"),
             _ => std::thread::sleep(Duration::from_millis(600)), // past the reconnect pause
@@ -143,7 +158,7 @@ fn redis(c: &mut Criterion) {
     let mut g = c.benchmark_group("redis");
     g.bench_function("check_rate", |b| {
         b.iter(|| {
-            let d = rt.block_on(adm.check_rate(black_box("limited")));
+            let d = rt.block_on(adm.backend.check(black_box(&adm.limited)));
             assert!(matches!(d, RateDecision::Allowed(Some(_))), "Redis check failed: {d:?}");
             d
         })

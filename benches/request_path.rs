@@ -117,7 +117,7 @@ fn upstream_response(
 
 /// Step 7: the pipeline's own `caller_response_header`.
 fn caller_reply(h: ResponseHeader, request_id: &str, body_len: usize) -> ResponseHeader {
-    nxgate::proxy::caller_response_header(h, request_id, body_len)
+    nxgate::shell::reframe(h, request_id, body_len)
 }
 
 fn benches(c: &mut Criterion) {

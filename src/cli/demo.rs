@@ -75,7 +75,7 @@ fn demo() -> Result<(), String> {
                 let _ = tx.send(Err(e));
             }
         });
-    let (lifecycle, bound) = rx.recv().map_err(|_| "gateway failed to start".to_owned())??;
+    let (lifecycle, bound) = rx.recv().map_err(|_| "gateway failed to start".to_owned())?.map_err(|e| e.to_string())?;
     let gw_addr = bound.listen[0];
     check(client::wait_for_listener(gw_addr, Duration::from_secs(10)), "gateway did not start listening")?;
 

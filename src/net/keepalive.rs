@@ -27,8 +27,10 @@ use tokio::sync::Notify;
 
 use crate::net::downstream::H2_PREFACE;
 
-/// Pingora's keep-alive time for a connection's first request (as in its own loop).
-const FIRST_REQUEST_KEEPALIVE_SECS: u64 = 60;
+/// Idle time allowed between requests on a caller's keep-alive connection, and per read
+/// of the next request header (Pingora's HTTP/1.1 default would be to wait forever); also
+/// what Pingora's own loop sets for a connection's first request.
+pub const KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Serves an `HttpServerApp`'s HTTP/1 connections with a small idle footprint.
 pub struct LeanHttp<A> {
@@ -103,7 +105,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for LeanHttp<A> {
             let mut session = ServerSession::new_http1(stream);
             if first {
                 // What Pingora's loop sets for a connection's first request.
-                session.set_keepalive((!*shutdown.borrow()).then_some(FIRST_REQUEST_KEEPALIVE_SECS));
+                session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE.as_secs()));
                 session
                     .set_keepalive_reuses_remaining(self.app.server_options().and_then(|o| o.keepalive_request_limit));
                 first = false;

@@ -9,6 +9,7 @@
 //! established connections keep theirs.
 
 use arc_swap::ArcSwap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -28,26 +29,45 @@ impl std::fmt::Debug for CertStore {
     }
 }
 
-/// A rustls key pair from a validated identity; the message names no key byte.
-fn certified(id: &TlsIdentity) -> Result<CertifiedKey, String> {
+/// Why a listener's key pair cannot be built; names files, never a key byte.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The key file holds no key rustls can read.
+    #[error("{}: unsupported private key", .0.display())]
+    UnsupportedKey(PathBuf),
+    /// The key is of a type rustls cannot sign with.
+    #[error("{}: unsupported private key type", .0.display())]
+    UnsupportedKeyType(PathBuf),
+    /// The key is not the certificate's.
+    #[error("{} does not match {}", .key.display(), .cert.display())]
+    Mismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+    },
+}
+
+/// A rustls key pair from a validated identity.
+fn certified(id: &TlsIdentity) -> Result<CertifiedKey, TlsError> {
     let key = PrivateKeyDer::try_from(id.key_der.expose().to_vec())
-        .map_err(|_| format!("{}: unsupported private key", id.key_file.display()))?;
+        .map_err(|_| TlsError::UnsupportedKey(id.key_file.clone()))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|_| format!("{}: unsupported private key type", id.key_file.display()))?;
+        .map_err(|_| TlsError::UnsupportedKeyType(id.key_file.clone()))?;
     let chain = id.cert_chain.iter().map(|der| CertificateDer::from(der.clone())).collect();
     let pair = CertifiedKey::new(chain, signing);
-    pair.keys_match().map_err(|_| format!("{} does not match {}", id.key_file.display(), id.cert_file.display()))?;
+    pair.keys_match().map_err(|_| TlsError::Mismatch { key: id.key_file.clone(), cert: id.cert_file.clone() })?;
     Ok(pair)
 }
 
 impl CertStore {
     /// A store presenting `id`.
-    pub fn new(id: &TlsIdentity) -> Result<Arc<Self>, String> {
+    pub fn new(id: &TlsIdentity) -> Result<Arc<Self>, TlsError> {
         Ok(Arc::new(CertStore { current: ArcSwap::from_pointee(certified(id)?) }))
     }
 
     /// Builds the key pair for `id` without installing it (reload checks every store first).
-    pub fn prepare(id: &TlsIdentity) -> Result<Arc<CertifiedKey>, String> {
+    pub fn prepare(id: &TlsIdentity) -> Result<Arc<CertifiedKey>, TlsError> {
         certified(id).map(Arc::new)
     }
 

@@ -358,6 +358,26 @@ async fn exchange(
     Ok(UpstreamResponse { header, body: buf.freeze() })
 }
 
+/// A request header for an upstream (NXCloud, a callback receiver): `method` and `target`
+/// as given, `headers` in order, then `Host` and `Content-Length` set by the gateway.
+/// `more` is room for the headers the caller adds after.
+pub fn request_header<'a>(
+    method: &http::Method,
+    target: &str,
+    headers: impl Iterator<Item = (&'a http::HeaderName, &'a http::HeaderValue)>,
+    more: usize,
+    authority: &str,
+    body_len: usize,
+) -> pingora::Result<RequestHeader> {
+    let mut h = RequestHeader::build(method.clone(), target.as_bytes(), Some(more + 2))?;
+    for (name, value) in headers {
+        h.append_header(name.clone(), value.clone())?;
+    }
+    h.insert_header(http::header::HOST, authority)?;
+    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())?;
+    Ok(h)
+}
+
 /// The platform's trust roots plus `extra` (all DER), in the form Pingora's peer takes.
 fn trust_roots(extra: &[Vec<u8>]) -> Arc<[WrappedX509]> {
     let native = pingora::tls::load_native_certs().unwrap_or_else(|e| {

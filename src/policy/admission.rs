@@ -9,8 +9,8 @@
 //!   meanwhile, deny, or allow. Never a hang.
 //!
 //! Tenants have different quotas, which one `governor` keyed limiter (one quota for every
-//! key) cannot express, so each limited tenant gets its own direct limiter; the map from
-//! tenant to limiter is built once per config generation and read without locks.
+//! key) cannot express, so each limited tenant gets its own direct limiter, held in its
+//! per-tenant record (`state`), which the request path reaches by position, without locks.
 //!
 //! State survives reloads: a tenant whose limit is unchanged keeps its limiter (and its
 //! in-flight counter always carries over), so a reload never hands out a fresh burst.
@@ -19,15 +19,14 @@
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{clock::DefaultClock, Quota};
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::process::metrics::Metrics;
+use prometheus::IntCounter;
+
 use nxgate_core::config::{GatewayConfig, OnRedisError, RateLimit, RateLimitKind, Tenant};
-use nxgate_core::errors::Refusal;
 
 use super::gcra::RedisGcra;
 use crate::net::redis::{BackendUnavailable, REDIS_TIMEOUT};
@@ -141,8 +140,8 @@ impl LocalLimiter {
     }
 }
 
-/// Everything admission needs for one tenant in one generation.
-struct TenantAdmission {
+/// One tenant's admission state: part of its per-tenant record, carried across reloads.
+pub struct TenantAdmission {
     limit: Option<RateLimit>,
     local: Option<Arc<LocalLimiter>>,
     max_in_flight: Option<u32>,
@@ -151,37 +150,10 @@ struct TenantAdmission {
     redis_key: String,
 }
 
-/// Per-tenant admission for one config generation.
-pub struct Admission {
-    tenants: HashMap<String, TenantAdmission>,
-    redis: Option<Arc<RedisGcra>>,
-    on_redis_error: OnRedisError,
-    metrics: Option<Arc<Metrics>>,
-}
-
-impl Admission {
-    /// Builds admission for `config`, carrying over state from `previous` (on reload).
-    pub fn new(config: &GatewayConfig, previous: Option<&Admission>, metrics: Option<Arc<Metrics>>) -> Self {
-        let backend = &config.rate_limit_backend;
-        let redis = match backend.kind {
-            RateLimitKind::Local => None,
-            RateLimitKind::Redis => Some(match previous.and_then(|p| p.redis.as_ref()) {
-                Some(r) if r.url() == &backend.redis_url => r.clone(),
-                _ => Arc::new(RedisGcra::new(
-                    backend.redis_url.clone(),
-                    metrics.as_ref().map(|m| m.backend_errors.clone()),
-                )),
-            }),
-        };
-        let tenants = config
-            .tenants
-            .iter()
-            .map(|t| (t.name.clone(), Self::tenant(t, previous.and_then(|p| p.tenants.get(&t.name)))))
-            .collect();
-        Admission { tenants, redis, on_redis_error: backend.on_redis_error, metrics }
-    }
-
-    fn tenant(t: &Tenant, previous: Option<&TenantAdmission>) -> TenantAdmission {
+impl TenantAdmission {
+    /// Admission for `t`, keeping `previous`'s in-flight count always and its limiter when
+    /// the limit is unchanged (a reload never hands out a fresh burst).
+    pub fn new(t: &Tenant, previous: Option<&TenantAdmission>) -> Self {
         let local = t.rate_limit.map(|limit| match previous.and_then(|p| p.local.as_ref()) {
             Some(kept) if kept.limit == limit => kept.clone(),
             _ => Arc::new(LocalLimiter::new(limit)),
@@ -195,15 +167,36 @@ impl Admission {
         }
     }
 
-    /// Takes an in-flight slot for `tenant`, or `None` if it is at `max_in_flight`.
-    pub fn try_enter(&self, tenant: &str) -> Option<InFlightSlot> {
-        let t = self.tenants.get(tenant)?;
-        t.in_flight.try_acquire(t.max_in_flight)
+    /// Takes an in-flight slot, or `None` if the tenant is at `max_in_flight`.
+    pub fn try_enter(&self) -> Option<InFlightSlot> {
+        self.in_flight.try_acquire(self.max_in_flight)
+    }
+}
+
+/// Where rate limits are kept, shared by every tenant of a generation: in each tenant's
+/// own limiter, or in Redis with a policy for when Redis cannot answer.
+pub struct RateBackend {
+    redis: Option<Arc<RedisGcra>>,
+    on_redis_error: OnRedisError,
+}
+
+impl RateBackend {
+    /// The backend `config` names, keeping `previous`'s Redis connection when the URL is
+    /// the same; `errors` counts failed Redis calls.
+    pub fn new(config: &GatewayConfig, previous: Option<&RateBackend>, errors: Option<&IntCounter>) -> Self {
+        let backend = &config.rate_limit_backend;
+        let redis = match backend.kind {
+            RateLimitKind::Local => None,
+            RateLimitKind::Redis => Some(match previous.and_then(|p| p.redis.as_ref()) {
+                Some(r) if r.url() == &backend.redis_url => r.clone(),
+                _ => Arc::new(RedisGcra::new(backend.redis_url.clone(), errors.cloned())),
+            }),
+        };
+        RateBackend { redis, on_redis_error: backend.on_redis_error }
     }
 
-    /// The rate decision for one request of `tenant`.
-    pub async fn check_rate(&self, tenant: &str) -> RateDecision {
-        let Some(t) = self.tenants.get(tenant) else { return RateDecision::Allowed(None) };
+    /// The rate decision for one request of tenant `t`.
+    pub async fn check(&self, t: &TenantAdmission) -> RateDecision {
         let (Some(limit), Some(local)) = (t.limit, t.local.as_ref()) else { return RateDecision::Allowed(None) };
         let Some(redis) = &self.redis else { return local.check() };
         // Boxed: only the Redis backend pays for its client's large future.
@@ -218,13 +211,6 @@ impl Admission {
                     RateDecision::Limited { retry_after: Duration::from_secs(1), state }
                 }
             },
-        }
-    }
-
-    /// Counts a refusal.
-    pub fn count_refusal(&self, tenant: &str, refusal: Refusal) {
-        if let Some(m) = &self.metrics {
-            m.rate_limited.with_label_values(&[tenant, refusal.as_str()]).inc();
         }
     }
 }

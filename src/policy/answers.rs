@@ -2,23 +2,22 @@
 //! (counted per tenant; a refused credential raised to the operator, at most once a
 //! minute per tenant, in words), and "busy" (the tenant backs off).
 
-use std::collections::HashMap;
+use prometheus::IntGauge;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use nxgate_core::backoff::{Admit, Backoff};
-use nxgate_core::config::{GatewayConfig, Tenant};
+use nxgate_core::backoff::{Admit, Backoff, BackoffPolicy};
 use nxgate_core::errors::GatewayError;
 use nxgate_core::vendor::{self, CodeClass};
 
-use crate::policy::exchange::ExchangeReport;
-use crate::process::metrics::Metrics;
+use super::exchange::ExchangeReport;
+use crate::process::metrics::TenantMetrics;
 
 /// Least time between two credential alarms for one tenant.
 pub const CREDENTIAL_ALARM_EVERY: Duration = Duration::from_secs(60);
 
-/// One tenant's memory of NXCloud's answers; survives reloads (by tenant name).
+/// One tenant's memory of NXCloud's answers: part of its per-tenant record, carried
+/// across reloads.
 #[derive(Debug, Default)]
 pub struct TenantAnswers {
     /// The busy back-off.
@@ -36,29 +35,12 @@ impl TenantAnswers {
     }
 }
 
-/// Every configured tenant's answers.
-#[derive(Debug, Default)]
-pub struct Answers(HashMap<String, Arc<TenantAnswers>>);
-
-impl Answers {
-    /// The state for `config`'s tenants, keeping what `previous` knew of tenants that stay.
-    pub fn new(config: &GatewayConfig, previous: Option<&Answers>) -> Self {
-        let carried = |name: &str| previous.and_then(|p| p.0.get(name).cloned()).unwrap_or_default();
-        Answers(config.tenants.iter().map(|t| (t.name.clone(), carried(&t.name))).collect())
-    }
-
-    /// The tenant's state (every configured tenant has one).
-    pub fn get(&self, tenant: &str) -> Option<&Arc<TenantAnswers>> {
-        self.0.get(tenant)
-    }
-}
-
 /// Step 4b: a tenant NXCloud said is busy is refused here, except the period's one probe.
-pub fn admit(config: &GatewayConfig, answers: &Answers, tenant: &Tenant, now_ms: u64) -> Result<(), GatewayError> {
-    if config.upstream.busy_backoff.is_none() {
+/// `policy` is `upstream.busy_backoff` (`None`: never back off).
+pub fn admit(policy: Option<&BackoffPolicy>, state: &TenantAnswers, now_ms: u64) -> Result<(), GatewayError> {
+    if policy.is_none() {
         return Ok(());
     }
-    let Some(state) = answers.get(&tenant.name) else { return Ok(()) };
     match state.backoff.admit(now_ms) {
         Admit::Send | Admit::Probe => Ok(()),
         Admit::Refuse { retry_after } => Err(GatewayError::UpstreamBusy { retry_after_secs: retry_after.as_secs() }),
@@ -72,27 +54,28 @@ pub fn is_busy(report: &ExchangeReport) -> bool {
 }
 
 /// After an exchange that got an answer: counts its code, raises a credential alarm, and
-/// starts, prolongs or ends the tenant's back-off.
+/// starts, prolongs or ends the tenant's back-off (`backing_off` counts the tenants that
+/// back off now).
 pub fn observe(
-    config: &GatewayConfig,
-    answers: &Answers,
-    metrics: &Metrics,
-    tenant: &Tenant,
+    policy: Option<&BackoffPolicy>,
+    state: &TenantAnswers,
+    metrics: &TenantMetrics,
+    backing_off: &IntGauge,
     report: &ExchangeReport,
     now_ms: u64,
 ) {
     if report.upstream_status.is_none() {
         return; // no answer: nothing NXCloud said
     }
-    let state = answers.get(&tenant.name);
+    let tenant = metrics.name();
     if let Some(code) = report.upstream_code {
-        metrics.upstream_codes.with_label_values(&[&tenant.name, vendor::label(Some(code))]).inc();
-        if vendor::class(code) == CodeClass::Credential && state.is_some_and(|s| s.claim_alarm(now_ms)) {
+        metrics.upstream_code(code);
+        if vendor::class(code) == CodeClass::Credential && state.claim_alarm(now_ms) {
             let meaning = vendor::lookup(code).map_or("", |c| c.meaning);
             // Unverified: the answer's own signature did not check out, which is what a
             // wrong secret looks like; the code it claims is still the best clue.
             tracing::error!(
-                tenant = %tenant.name,
+                tenant,
                 code,
                 verified = report.code_verified,
                 "NXCloud refused this tenant's request with code {code}: {meaning} (repeated at most once a minute)"
@@ -101,18 +84,23 @@ pub fn observe(
     }
     let busy = is_busy(report);
     if busy {
-        metrics.upstream_busy.with_label_values(&[&tenant.name]).inc();
+        metrics.upstream_busy.inc();
     }
-    let (Some(policy), Some(state)) = (config.upstream.busy_backoff, state) else { return };
-    let changed = state.backoff.record(&policy, now_ms, busy, report.retry_after);
+    let Some(policy) = policy else { return };
+    let changed = state.backoff.record(policy, now_ms, busy, report.retry_after);
     match (changed, busy) {
         (true, true) => {
-            metrics.backoff_tenants.inc();
-            tracing::warn!(tenant = %tenant.name, status = report.upstream_status, code = report.upstream_code, "NXCloud is busy; this tenant backs off (one probe per period)");
+            backing_off.inc();
+            tracing::warn!(
+                tenant,
+                status = report.upstream_status,
+                code = report.upstream_code,
+                "NXCloud is busy; this tenant backs off (one probe per period)"
+            );
         }
         (true, false) => {
-            metrics.backoff_tenants.dec();
-            tracing::info!(tenant = %tenant.name, "NXCloud answered a probe normally; this tenant's back-off ended");
+            backing_off.dec();
+            tracing::info!(tenant, "NXCloud answered a probe normally; this tenant's back-off ended");
         }
         _ => {}
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nxgate_core::clock::now_unix;
 use nxgate_core::vendor;
 
-use crate::net::upstream::{Upstream, UpstreamResponse};
+use crate::net::upstream::{self, Upstream, UpstreamResponse};
 use nxgate_core::config::{GatewayConfig, Tenant, VerifyMode};
 use nxgate_core::errors::GatewayError;
 use nxgate_core::headers;
@@ -175,25 +175,17 @@ pub fn upstream_request(
     let internal = |e: Box<pingora::Error>| {
         GatewayError::BadRequest(format!("cannot build upstream request: {}", e.etype().as_str()))
     };
-    let mut h = RequestHeader::build(out.method.clone(), out.target.as_bytes(), Some(out.headers.len() + 8))
-        .map_err(internal)?;
-    for (name, value) in headers::forwardable_request_headers(out.headers) {
-        if out.decoded && name == http::header::CONTENT_ENCODING {
-            continue;
-        }
+    let forwarded = headers::forwardable_request_headers(out.headers).filter(|(name, _)| {
         // The answer is verified over the bytes received, and the vendor does not say
         // which bytes the sign of a compressed answer covers: ask for identity, always.
-        if name == http::header::ACCEPT_ENCODING {
-            continue;
-        }
-        h.append_header(name.clone(), value.clone()).map_err(internal)?;
-    }
-    h.insert_header(http::header::HOST, authority).map_err(internal)?;
+        !(out.decoded && *name == http::header::CONTENT_ENCODING) && *name != http::header::ACCEPT_ENCODING
+    });
+    let mut h = upstream::request_header(out.method, out.target, forwarded, out.headers.len() + 6, authority, body_len)
+        .map_err(internal)?;
     h.insert_header(http::header::ACCEPT_ENCODING, "identity").map_err(internal)?;
     for (name, value) in signed.pairs() {
         h.insert_header(name, value).map_err(internal)?;
     }
-    h.insert_header(http::header::CONTENT_LENGTH, body_len.to_string()).map_err(internal)?;
     Ok(h)
 }
 

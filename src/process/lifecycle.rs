@@ -2,22 +2,23 @@
 //!
 //! Pingora's graceful terminate stops accepting and then sleeps for the whole grace
 //! period, busy or idle (`docs/pingora.md` §7). nxgate keeps Pingora's stop-accepting step
-//! but exits as soon as the last in-flight request has been written: the in-flight count
-//! drops when a request's context is dropped, which Pingora does after it has flushed the
-//! response, so exiting at zero cuts nothing off. If requests are still running when the
-//! grace period ends, Pingora's own shutdown takes over.
+//! but returns from `run` as soon as the last in-flight request has been written: Pingora
+//! runs on a thread of its own and the caller of [`Lifecycle::wait`] (the main thread)
+//! wakes when the server stops, or when a drain finds nothing in flight. The in-flight
+//! count drops when a request's state is dropped, after its answer is flushed, so ending
+//! at zero cuts nothing off. The wake-ups are events (a drain starting, the count reaching
+//! zero while draining, the server stopping), never a polling loop. If requests are still
+//! running when the grace period ends, Pingora's own shutdown takes over.
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::process::metrics::Metrics;
 
-/// How often the drain watcher looks at the in-flight count.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// How long the count must stay at zero before exit, so a request whose header was
 /// being parsed at the moment of the signal is counted before we decide.
 const DRAIN_SETTLE: Duration = Duration::from_millis(100);
@@ -34,6 +35,11 @@ pub struct Lifecycle {
     stop: Notify,
     grace: Duration,
     metrics: Arc<Metrics>,
+    /// Set when the server has stopped; with `events`, wakes [`Lifecycle::wait`].
+    stopped: Mutex<bool>,
+    /// Signalled on every event `wait` cares about: a drain starting, the in-flight count
+    /// reaching zero while draining, the server stopping.
+    events: Condvar,
 }
 
 /// Counts one request in flight until dropped.
@@ -42,7 +48,10 @@ pub struct InFlight(Arc<Lifecycle>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let was = self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if was == 1 && self.0.is_draining() {
+            self.0.wake();
+        }
     }
 }
 
@@ -56,7 +65,50 @@ impl Lifecycle {
             stop: Notify::new(),
             grace,
             metrics,
+            stopped: Mutex::new(false),
+            events: Condvar::new(),
         })
+    }
+
+    fn stopped(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.stopped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes `wait`; the lock is taken so a waiter between its check and its wait
+    /// cannot miss the event.
+    fn wake(&self) {
+        let _held = self.stopped();
+        self.events.notify_all();
+    }
+
+    /// Records that the server has stopped (its `run` returned).
+    pub fn server_stopped(&self) {
+        *self.stopped() = true;
+        self.events.notify_all();
+    }
+
+    /// Blocks until the server has stopped, or a drain has found nothing in flight for
+    /// `DRAIN_SETTLE` (a request whose header was being parsed at the moment of the signal
+    /// is counted by then).
+    pub fn wait(&self) {
+        let mut stopped = self.stopped();
+        let mut drain_started: Option<Instant> = None;
+        while !*stopped {
+            if !self.is_draining() || self.in_flight() > 0 {
+                stopped = self.events.wait(stopped).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let started = *drain_started.get_or_insert_with(Instant::now);
+            let (guard, settled) = self.events.wait_timeout(stopped, DRAIN_SETTLE).unwrap_or_else(|p| p.into_inner());
+            stopped = guard;
+            if settled.timed_out() && self.in_flight() == 0 {
+                tracing::info!(after_ms = started.elapsed().as_millis() as u64, "drained; exiting");
+                return;
+            }
+        }
+        if self.is_draining() && self.in_flight() > 0 {
+            tracing::warn!(in_flight = self.in_flight(), "grace period over with requests in flight");
+        }
     }
 
     /// Marks listeners up and config loaded.
@@ -90,32 +142,15 @@ impl Lifecycle {
         self.stop.notify_one();
     }
 
-    /// Turns readiness off and exits the process once nothing is in flight (or lets
-    /// Pingora's shutdown finish the job when the grace period runs out).
+    /// Turns readiness off; [`Lifecycle::wait`] returns once nothing is in flight (or
+    /// Pingora's shutdown finishes the job when the grace period runs out).
     pub fn begin_drain(self: &Arc<Self>) {
         if self.draining.swap(true, Ordering::AcqRel) {
             return;
         }
         self.metrics.draining.set(1);
         tracing::info!(in_flight = self.in_flight(), grace_secs = self.grace.as_secs(), "draining");
-        let me = self.clone();
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut idle_since: Option<Instant> = None;
-            while started.elapsed() < me.grace {
-                if me.in_flight() == 0 {
-                    let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= DRAIN_SETTLE {
-                        tracing::info!(after_ms = started.elapsed().as_millis() as u64, "drained; exiting");
-                        std::process::exit(0);
-                    }
-                } else {
-                    idle_since = None;
-                }
-                std::thread::sleep(DRAIN_POLL);
-            }
-            tracing::warn!(in_flight = me.in_flight(), "grace period over with requests in flight");
-        });
+        self.wake();
     }
 }
 

@@ -9,7 +9,8 @@ use nxgate_core::errors::{CallbackOutcome, Refusal, UpstreamFailure};
 use nxgate_core::signing::Algorithm;
 use nxgate_core::verify::VerifyFailure;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Label for requests no tenant was chosen for (refused before authentication succeeded).
@@ -200,47 +201,128 @@ impl Metrics {
         }
     }
 
-    /// Exports every callback series of `tenants` (and `-`) at zero.
-    pub fn export_callback_series<'a>(&self, tenants: impl Iterator<Item = &'a str>) {
-        for tenant in std::iter::once(NO_TENANT).chain(tenants) {
-            for outcome in CallbackOutcome::ALL {
-                self.callbacks.with_label_values(&[tenant, outcome.as_str()]);
-            }
-            self.callback_delivery_duration.with_label_values(&[tenant]);
-        }
-    }
-
-    /// Exports every series known from the config at zero, so a fresh gateway's first
-    /// scrape has every family (an absent series reads as "no data", not as 0, and a
-    /// `rate()` over its first increment is lost). Per tenant: its `ok` requests (the
-    /// other status/outcome pairs are only known once they happen), both histograms, the
-    /// in-flight gauge, every verification failure reason, both rate-limit kinds, every
-    /// vendor code label and the busy counter. Called for each config generation, so
-    /// tenants added on reload appear at once.
-    pub fn register_tenants<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) {
-        for tenant in tenants {
-            self.requests.with_label_values(&[tenant, "200", "ok"]);
-            self.request_duration.with_label_values(&[tenant]);
-            self.upstream_duration.with_label_values(&[tenant]);
-            self.in_flight.with_label_values(&[tenant]);
-            for reason in verify_reasons() {
-                self.verify_failures.with_label_values(&[tenant, reason]);
-            }
-            for refusal in Refusal::ALL {
-                self.rate_limited.with_label_values(&[tenant, refusal.as_str()]);
-            }
-            for code in nxgate_core::vendor::all_labels() {
-                self.upstream_codes.with_label_values(&[tenant, code]);
-            }
-            self.upstream_busy.with_label_values(&[tenant]);
-        }
-    }
-
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         out
+    }
+}
+
+/// One tenant's series (or `-`'s) with their labels resolved once, when its config
+/// generation is built: the request path counts through these handles, with no label
+/// hashing. Resolving them exports every series the config makes known at zero, so a
+/// fresh gateway's first scrape has every family (an absent series reads as "no data", not
+/// as 0, and a `rate()` over its first increment is lost): the `ok` requests (other
+/// status/outcome pairs are only known once they happen), both histograms, the in-flight
+/// gauge, every verification failure reason, both refusal kinds, every vendor code label,
+/// the busy counter and every callback outcome (with `-`'s callback series, which the
+/// generation resolves apart).
+pub struct TenantMetrics {
+    name: String,
+    /// `nxgate_requests_total{tenant,"200","ok"}`, the common case.
+    requests_ok: IntCounter,
+    /// `nxgate_request_duration_seconds{tenant}`.
+    pub request_duration: Histogram,
+    /// `nxgate_upstream_duration_seconds{tenant}`.
+    pub upstream_duration: Histogram,
+    /// `nxgate_in_flight{tenant}`.
+    pub in_flight: IntGauge,
+    /// In `verify_reasons()` order.
+    verify_failures: [IntCounter; 10],
+    /// In `Refusal::ALL` order.
+    refusals: [IntCounter; 2],
+    /// In `vendor::all_labels()` order.
+    upstream_codes: Vec<IntCounter>,
+    /// `nxgate_upstream_busy_total{tenant}`.
+    pub upstream_busy: IntCounter,
+    /// Its callbacks' series.
+    pub callbacks: CallbackSeries,
+}
+
+/// The callback series of one tenant, or of `-` (callbacks that named no tenant).
+pub struct CallbackSeries {
+    /// In `CallbackOutcome::ALL` order.
+    outcomes: [IntCounter; 12],
+    /// `nxgate_callback_delivery_duration_seconds{tenant}`.
+    pub delivery_duration: Histogram,
+}
+
+impl CallbackSeries {
+    /// Counts a callback's outcome.
+    pub fn outcome(&self, outcome: CallbackOutcome) {
+        if let Some(i) = CallbackOutcome::ALL.iter().position(|o| *o == outcome) {
+            self.outcomes[i].inc();
+        }
+    }
+}
+
+impl TenantMetrics {
+    /// The tenant's name, as its series are labelled.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, m: &Metrics, status: u16, outcome: Option<&'static str>) {
+        match (status, outcome) {
+            (200, None) => self.requests_ok.inc(),
+            (status, outcome) => {
+                m.requests.with_label_values(&[&self.name, &status.to_string(), outcome.unwrap_or("ok")]).inc()
+            }
+        }
+    }
+
+    /// Counts a response that failed verification for `reason`.
+    pub fn verify_failure(&self, reason: &'static str) {
+        if let Some(i) = verify_reasons().iter().position(|r| *r == reason) {
+            self.verify_failures[i].inc();
+        }
+    }
+
+    /// Counts an admission refusal.
+    pub fn refusal(&self, refusal: Refusal) {
+        self.refusals[refusal as usize].inc();
+    }
+
+    /// Counts NXCloud's answer code (`None`: no code in the answer is not counted).
+    pub fn upstream_code(&self, code: i64) {
+        self.upstream_codes[nxgate_core::vendor::label_index(Some(code))].inc();
+    }
+}
+
+impl Metrics {
+    /// Resolves (and so exports at zero) every series of tenant `name`.
+    pub fn tenant(&self, name: &str) -> TenantMetrics {
+        TenantMetrics {
+            name: name.to_owned(),
+            requests_ok: self.requests.with_label_values(&[name, "200", "ok"]),
+            request_duration: self.request_duration.with_label_values(&[name]),
+            upstream_duration: self.upstream_duration.with_label_values(&[name]),
+            in_flight: self.in_flight.with_label_values(&[name]),
+            verify_failures: verify_reasons().map(|r| self.verify_failures.with_label_values(&[name, r])),
+            refusals: Refusal::ALL.map(|r| self.rate_limited.with_label_values(&[name, r.as_str()])),
+            upstream_codes: nxgate_core::vendor::all_labels()
+                .map(|code| self.upstream_codes.with_label_values(&[name, code]))
+                .collect(),
+            upstream_busy: self.upstream_busy.with_label_values(&[name]),
+            callbacks: self.callback_series(name),
+        }
+    }
+
+    /// Resolves (and so exports at zero) the callback series of `name`.
+    pub fn callback_series(&self, name: &str) -> CallbackSeries {
+        CallbackSeries {
+            outcomes: CallbackOutcome::ALL.map(|o| self.callbacks.with_label_values(&[name, o.as_str()])),
+            delivery_duration: self.callback_delivery_duration.with_label_values(&[name]),
+        }
+    }
+
+    /// Counts an answered request no tenant was chosen for (refused before authentication
+    /// succeeded): a rare path, so its series are made when first used.
+    pub fn anonymous_request(&self, status: u16, outcome: Option<&'static str>, seconds: f64) {
+        self.requests.with_label_values(&[NO_TENANT, &status.to_string(), outcome.unwrap_or("ok")]).inc();
+        self.request_duration.with_label_values(&[NO_TENANT]).observe(seconds);
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::process::lifecycle::Lifecycle;
 use crate::process::metrics::Metrics;
 use crate::server::bind::{write_ready_file, Bound};
-use crate::server::reload::Reloader;
+use crate::server::reload::{ReloadError, Reloader};
 
 /// How often the readiness probe retries connecting to the proxy listeners.
 const READINESS_POLL: Duration = Duration::from_millis(20);
@@ -69,10 +69,12 @@ impl ServeHttp for AdminApp {
                 // Reading files and building TLS roots is blocking work.
                 let result = tokio::task::spawn_blocking(move || reloader.reload())
                     .await
-                    .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+                    .unwrap_or_else(|e| Err(ReloadError::Task(e.to_string())));
                 match result {
                     Ok(()) => json(StatusCode::OK, serde_json::json!({"result": "ok"})),
-                    Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({"result": "error", "error": e})),
+                    Err(e) => {
+                        json(StatusCode::BAD_REQUEST, serde_json::json!({"result": "error", "error": e.to_string()}))
+                    }
                 }
             }
             (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => {

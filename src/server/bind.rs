@@ -9,6 +9,22 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
 
+/// Why a listen address cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The address cannot be bound (in use, not local, not permitted).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A graceful upgrade matches listeners by address, which port 0 does not fix.
+    #[error("{0}: port 0 cannot be used with --upgrade (the listeners are handed over by address)")]
+    PortZeroUpgrade(SocketAddr),
+}
+
 /// The addresses the listeners are on, with port 0 resolved.
 #[derive(Debug)]
 pub struct Bound {
@@ -33,22 +49,20 @@ impl Bound {
         admin: Option<SocketAddr>,
         callbacks: &[SocketAddr],
         upgrade: bool,
-    ) -> Result<Bound, String> {
+    ) -> Result<Bound, BindError> {
         let mut reservations = Vec::new();
         let mut reserved = Vec::new();
-        let mut one = |addr: SocketAddr| -> Result<SocketAddr, String> {
+        let mut one = |addr: SocketAddr| -> Result<SocketAddr, BindError> {
             if addr.port() != 0 {
                 if !upgrade {
-                    std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                    std::net::TcpListener::bind(addr).map_err(|source| BindError::Listen { addr, source })?;
                 }
                 return Ok(addr);
             }
             if upgrade {
-                return Err(format!(
-                    "{addr}: port 0 cannot be used with --upgrade (the listeners are handed over by address)"
-                ));
+                return Err(BindError::PortZeroUpgrade(addr));
             }
-            let (socket, bound) = reserve(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let (socket, bound) = reserve(addr).map_err(|source| BindError::Listen { addr, source })?;
             reservations.push(socket);
             reserved.push(bound);
             Ok(bound)
@@ -132,14 +146,14 @@ mod tests {
 
     #[test]
     fn port_zero_is_refused_for_an_upgrade() {
-        let e = Bound::resolve(&["127.0.0.1:0".parse().unwrap()], None, &[], true).unwrap_err();
+        let e = Bound::resolve(&["127.0.0.1:0".parse().unwrap()], None, &[], true).unwrap_err().to_string();
         assert!(e.contains("port 0 cannot be used with --upgrade"), "{e}");
     }
 
     #[test]
     fn a_fixed_port_in_use_is_reported() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let e = Bound::resolve(&[taken.local_addr().unwrap()], None, &[], false).unwrap_err();
+        let e = Bound::resolve(&[taken.local_addr().unwrap()], None, &[], false).unwrap_err().to_string();
         assert!(e.starts_with("cannot listen on 127.0.0.1:"), "{e}");
     }
 

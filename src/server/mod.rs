@@ -15,18 +15,18 @@ use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::callbacks::CallbackApp;
+use crate::callbacks::Callbacks;
 use crate::net::downstream::{DeadlineSource, HeaderDeadline};
-use crate::net::keepalive::LeanHttp;
-use crate::net::tls::CertStore;
+use crate::net::keepalive::{LeanHttp, KEEPALIVE};
+use crate::net::tls::{CertStore, TlsError};
 use crate::process::lifecycle::{Lifecycle, Signals};
 use crate::process::metrics::Metrics;
-use crate::proxy::{NxGate, DOWNSTREAM_KEEPALIVE_SECS};
+use crate::proxy::Proxy;
 use crate::server::admin::{AdminApp, Housekeeping};
-use crate::server::bind::Bound;
+use crate::server::bind::{BindError, Bound};
 use crate::server::reload::{Reloader, TlsStores};
+use crate::shell::Shell;
 use crate::state::{self, Live};
 use nxgate_core::config::GatewayConfig;
 
@@ -48,7 +48,7 @@ fn caller_service<A: HttpServerApp + Send + Sync + 'static>(
     live: &Live,
     metrics: &Metrics,
 ) -> Service<HeaderDeadline<LeanHttp<A>>> {
-    let app = LeanHttp::new(app, Duration::from_secs(DOWNSTREAM_KEEPALIVE_SECS));
+    let app = LeanHttp::new(app, KEEPALIVE);
     let mut svc =
         Service::new(name.to_owned(), HeaderDeadline::new(app, header_deadline(live), metrics.header_timeouts.clone()));
     for addr in addrs {
@@ -98,6 +98,17 @@ fn listener(addr: SocketAddr, bound: &Bound) -> ListenerConfig {
     config.tcp_socket_options(options)
 }
 
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address cannot be had.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A listener's certificate and key do not make a key pair.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
 /// A built, not yet running gateway.
 pub struct Gateway {
     server: Server,
@@ -108,7 +119,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds every service for `config`; `config_path` is what reloads read. Fails if a
     /// listen address cannot be had.
-    pub fn build(config: GatewayConfig, config_path: &Path, mode: &StartMode) -> Result<Self, String> {
+    pub fn build(config: GatewayConfig, config_path: &Path, mode: &StartMode) -> Result<Self, StartError> {
         let callback_listen = config.callbacks.as_ref().map(|c| c.listen.clone()).unwrap_or_default();
         let bound = Arc::new(Bound::resolve(&config.listen, config.admin_listen, &callback_listen, mode.upgrade)?);
         let tls = TlsStores {
@@ -133,11 +144,11 @@ impl Gateway {
         let live = state::live(config, metrics.clone());
         let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone(), tls.clone()));
 
-        let app = NxGate::new(live.clone(), metrics.clone(), lifecycle.clone());
+        let app = Shell::new(Proxy::new(live.clone()), lifecycle.clone(), true);
         server.add_service(caller_service("nxgate", app, &bound.listen, tls.proxy.as_ref(), &bound, &live, &metrics));
 
         if !bound.callbacks.is_empty() {
-            let app = CallbackApp::new(live.clone(), metrics.clone(), lifecycle.clone());
+            let app = Shell::new(Callbacks::new(live.clone()), lifecycle.clone(), false);
             let callbacks = tls.callbacks.as_ref();
             server.add_service(caller_service(
                 "nxgate callbacks",
@@ -177,9 +188,21 @@ impl Gateway {
         self.lifecycle.clone()
     }
 
-    /// Runs until a signal (or `Lifecycle::stop_now`). Blocks.
+    /// Runs until a signal (or `Lifecycle::stop_now`), or until a drain has nothing left in
+    /// flight. Blocks. Pingora runs on a thread of its own: its graceful shutdown sleeps the
+    /// whole grace period, and returning from here ends the process without waiting for it.
     pub fn run(self) {
-        let signals = Signals(self.lifecycle.clone());
-        self.server.run(RunArgs { shutdown_signal: Box::new(signals) });
+        let lifecycle = self.lifecycle.clone();
+        let server = self.server;
+        let signals = Signals(lifecycle.clone());
+        let done = lifecycle.clone();
+        let spawned = std::thread::Builder::new().name("pingora".to_owned()).spawn(move || {
+            server.run(RunArgs { shutdown_signal: Box::new(signals) });
+            done.server_stopped();
+        });
+        match spawned {
+            Ok(_) => lifecycle.wait(),
+            Err(e) => tracing::error!(error = %e, "cannot start the server thread"),
+        }
     }
 }

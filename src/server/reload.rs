@@ -8,11 +8,10 @@
 //! installed in the listeners' certificate stores (`net::tls`): the next handshake
 //! presents them. Listen addresses, and whether a listener uses TLS, need a restart.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::net::tls::CertStore;
+use crate::net::tls::{CertStore, TlsError};
 use crate::process::metrics::Metrics;
 use crate::state::{Generation, Live};
 use nxgate_core::config;
@@ -24,6 +23,32 @@ pub struct TlsStores {
     pub proxy: Option<Arc<CertStore>>,
     /// `callbacks.tls`.
     pub callbacks: Option<Arc<CertStore>>,
+}
+
+/// Why a reload was refused (the previous config keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load or validate.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A setting only a restart can change.
+    #[error("{0} cannot change on reload (restart, or use a graceful upgrade)")]
+    NeedsRestart(&'static str),
+    /// A listener's new certificate and key do not make a key pair.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The reload task itself failed.
+    #[error("reload task failed: {0}")]
+    Task(String),
+}
+
+/// Fails with `NeedsRestart(what)` when `a` and `b` differ.
+fn unchanged<T: PartialEq>(what: &'static str, a: &T, b: &T) -> Result<(), ReloadError> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(ReloadError::NeedsRestart(what))
+    }
 }
 
 /// Reloads one config file into one live generation.
@@ -43,7 +68,7 @@ impl Reloader {
     }
 
     /// Loads, validates and swaps in the config file. On error the old config stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), ReloadError> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.try_reload();
         match &result {
@@ -59,17 +84,10 @@ impl Reloader {
         result
     }
 
-    fn try_reload(&self) -> Result<(), String> {
-        let next = config::load(&self.path).map_err(|e| e.to_string())?;
+    fn try_reload(&self) -> Result<(), ReloadError> {
+        let next = config::load(&self.path)?;
         let current = self.live.load();
-        let unchanged = |what: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-            if format!("{a:?}") == format!("{b:?}") {
-                Ok(())
-            } else {
-                Err(format!("{what} cannot change on reload (restart, or use a graceful upgrade)"))
-            }
-        };
-        unchanged("listen", &current.config.listen as &Vec<SocketAddr>, &next.listen)?;
+        unchanged("listen", &current.config.listen, &next.listen)?;
         unchanged("admin_listen", &current.config.admin_listen, &next.admin_listen)?;
         let callbacks_listen = |c: &config::GatewayConfig| c.callbacks.as_ref().map(|c| c.listen.clone());
         unchanged("callbacks.listen", &callbacks_listen(&current.config), &callbacks_listen(&next))?;
@@ -80,7 +98,7 @@ impl Reloader {
         // before installing any, so a bad one changes nothing.
         let proxy_pair = next.listen_tls.as_ref().map(CertStore::prepare).transpose()?;
         let callback_pair = next.callbacks.as_ref().and_then(|c| c.tls.as_ref()).map(CertStore::prepare).transpose()?;
-        let generation = Generation::next(next, Some(&current), Some(self.metrics.clone()));
+        let generation = Generation::next(next, Some(&current), self.metrics.clone());
         if let (Some(store), Some(pair)) = (&self.tls.proxy, proxy_pair) {
             store.install(pair);
         }

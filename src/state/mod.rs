@@ -1,62 +1,112 @@
-//! A config generation: the validated config plus everything built from it once
-//! (tenant index, upstream connector and pool).
+//! A config generation: the validated config plus everything built from it once: the
+//! tenant directory, one record per tenant, NXCloud's connector, the rate-limit backend
+//! and callback delivery.
 //!
-//! The proxy reads the current generation through an `ArcSwap`: a request takes one
+//! The flows read the current generation through an `ArcSwap`: a request takes one
 //! snapshot when it starts and keeps it to the end, so a reload never changes the rules
-//! under a request in flight, and the request path takes no lock.
+//! under a request in flight, and the request path takes no lock. A tenant's state lives
+//! in one [`TenantRecord`], at the tenant's position in the config, so the request path
+//! reaches it by index (the position the tenant directory answers with), never by name,
+//! with its metric handles already resolved. What must survive a reload is carried from
+//! the previous generation in one place, [`TenantRecord::next`].
 
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
-use crate::policy::admission::Admission;
-use crate::policy::answers::Answers;
+use crate::net::upstream::Upstream;
+use crate::policy::admission::{RateBackend, TenantAdmission};
+use crate::policy::answers::TenantAnswers;
 use crate::policy::delivery::CallbackRuntime;
 use crate::policy::exchange::Nxcloud;
-use crate::process::metrics::Metrics;
-use nxgate_core::config::GatewayConfig;
+use crate::process::metrics::{CallbackSeries, Metrics, TenantMetrics, NO_TENANT};
+use nxgate_core::config::{GatewayConfig, Tenant};
 use nxgate_core::tenants::TenantDirectory;
+
+/// Everything one tenant needs at request time.
+pub struct TenantRecord {
+    /// Its config.
+    pub tenant: Arc<Tenant>,
+    /// Its rate limiter and in-flight count.
+    pub admission: TenantAdmission,
+    /// What NXCloud's answers said about it (busy back-off, credential alarms).
+    pub answers: Arc<TenantAnswers>,
+    /// Where its callbacks go, when a callback listener is configured.
+    pub receiver: Option<Arc<Upstream>>,
+    /// Its metric series.
+    pub metrics: TenantMetrics,
+}
+
+impl TenantRecord {
+    /// The record of `tenant` in a new generation, carrying over from `previous` (the
+    /// same tenant, by name, in the generation before) what must survive a reload: the
+    /// in-flight count, a limiter whose limit is unchanged, and the answers' memory.
+    fn next(
+        tenant: &Arc<Tenant>,
+        previous: Option<&TenantRecord>,
+        callbacks: Option<&CallbackRuntime>,
+        metrics: &Metrics,
+    ) -> Self {
+        TenantRecord {
+            tenant: tenant.clone(),
+            admission: TenantAdmission::new(tenant, previous.map(|p| &p.admission)),
+            answers: previous.map(|p| p.answers.clone()).unwrap_or_default(),
+            receiver: callbacks.map(|c| c.receiver_for(tenant)),
+            metrics: metrics.tenant(&tenant.name),
+        }
+    }
+}
 
 /// Everything one config generation needs at request time.
 pub struct Generation {
     /// The validated config.
     pub config: GatewayConfig,
-    /// Tenants indexed by client key.
+    /// Tenants indexed by client key and uuid.
     pub tenants: TenantDirectory,
+    /// One per tenant, in config order.
+    records: Vec<TenantRecord>,
+    /// The callback series of callbacks that named no tenant.
+    pub anonymous_callbacks: CallbackSeries,
     /// NXCloud: its connector and pool, and the rules of the signed exchange.
     pub nxcloud: Nxcloud,
-    /// Per-tenant rate limits and concurrency caps.
-    pub admission: Admission,
-    /// Per-tenant memory of NXCloud's answers (busy back-off, credential alarms).
-    pub answers: Answers,
-    /// Callback receivers and the replay memory, if `callbacks:` is configured.
+    /// Where rate limits are kept.
+    pub rates: RateBackend,
+    /// Callback delivery, if `callbacks:` is configured.
     pub callbacks: Option<CallbackRuntime>,
+    /// The process's metrics, for the series that are not per tenant.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Generation {
-    /// Builds the request-time state for a validated config.
-    pub fn new(config: GatewayConfig) -> Self {
-        Self::next(config, None, None)
+    /// Builds the generation that follows `previous` (on reload; `None` at start),
+    /// carrying over the state that must survive a reload.
+    pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Arc<Metrics>) -> Self {
+        let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
+        let errors = Some(&metrics.backend_errors);
+        let callbacks = CallbackRuntime::new(&config, previous.and_then(|p| p.callbacks.as_ref()), errors);
+        let rates = RateBackend::new(&config, previous.map(|p| &p.rates), errors);
+        let records = tenants
+            .all()
+            .iter()
+            .map(|t| {
+                let before = previous.and_then(|p| p.records.iter().find(|r| r.tenant.name == t.name));
+                TenantRecord::next(t, before, callbacks.as_ref(), &metrics)
+            })
+            .collect();
+        Generation {
+            nxcloud: Nxcloud::new(&config),
+            anonymous_callbacks: metrics.callback_series(NO_TENANT),
+            config,
+            tenants,
+            records,
+            rates,
+            callbacks,
+            metrics,
+        }
     }
 
-    /// Builds the generation that follows `previous` (on reload), carrying over the state
-    /// that must survive a reload.
-    pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Option<Arc<Metrics>>) -> Self {
-        if let Some(m) = &metrics {
-            m.register_tenants(config.tenants.iter().map(|t| t.name.as_str()));
-            // Exported whether or not a callback listener is configured: every family is in
-            // the first scrape, so a dashboard or alert never meets a missing one.
-            m.export_callback_series(config.tenants.iter().map(|t| t.name.as_str()));
-        }
-        let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
-        let nxcloud = Nxcloud::new(&config);
-        let callbacks = CallbackRuntime::new(
-            &config,
-            previous.and_then(|p| p.callbacks.as_ref()),
-            metrics.as_ref().map(|m| &m.backend_errors),
-        );
-        let admission = Admission::new(&config, previous.map(|p| &p.admission), metrics);
-        let answers = Answers::new(&config, previous.map(|p| &p.answers));
-        Generation { config, tenants, nxcloud, admission, answers, callbacks }
+    /// The record of the tenant at `position` (as the tenant directory answers).
+    pub fn record(&self, position: usize) -> &TenantRecord {
+        &self.records[position]
     }
 }
 
@@ -65,5 +115,5 @@ pub type Live = Arc<ArcSwap<Generation>>;
 
 /// A `Live` handle holding `config`, counting into `metrics`.
 pub fn live(config: GatewayConfig, metrics: Arc<Metrics>) -> Live {
-    Arc::new(ArcSwap::from_pointee(Generation::next(config, None, Some(metrics))))
+    Arc::new(ArcSwap::from_pointee(Generation::next(config, None, metrics)))
 }

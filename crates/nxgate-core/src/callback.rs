@@ -25,15 +25,17 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 pub struct VerifiedCallback<'t, 'h> {
     /// The tenant whose `uuid` it carries.
     pub tenant: &'t Arc<Tenant>,
+    /// That tenant's position in the config (it indexes the gateway's per-tenant records).
+    pub position: usize,
     /// Its `requestID` (visible ASCII, at most [`MAX_REQUEST_ID_LEN`] bytes).
     pub request_id: &'h str,
 }
 
 /// A callback that failed a check: the refusal, and the tenant if the `uuid` named one.
 #[derive(Debug)]
-pub struct RefusedCallback<'t> {
-    /// The tenant, once known (for logs and metrics).
-    pub tenant: Option<&'t Arc<Tenant>>,
+pub struct RefusedCallback {
+    /// The tenant's position, once known (for logs and metrics).
+    pub position: Option<usize>,
     /// What to answer.
     pub error: GatewayError,
 }
@@ -58,13 +60,14 @@ pub fn verify_callback<'t, 'h>(
     body: &[u8],
     max_clock_skew_secs: u64,
     now: u64,
-) -> Result<VerifiedCallback<'t, 'h>, RefusedCallback<'t>> {
-    let refuse = |tenant, error| RefusedCallback { tenant, error };
+) -> Result<VerifiedCallback<'t, 'h>, RefusedCallback> {
+    let refuse = |position, error| RefusedCallback { position, error };
     let uuid = single(headers, &header::parsed::UUID, "no uuid header").map_err(|e| refuse(None, e))?;
-    let tenant = tenants
-        .by_uuid(uuid)
+    let position = tenants
+        .position_by_uuid(uuid)
         .ok_or_else(|| refuse(None, GatewayError::BadCallbackSignature("uuid names no configured tenant")))?;
-    let known = Some(tenant);
+    let tenant = tenants.get(position);
+    let known = Some(position);
     let request_id =
         single(headers, &header::parsed::REQUEST_ID, "no requestID header").map_err(|e| refuse(known, e))?;
     let create_ts = single(headers, &header::parsed::CREATE_TS, "no createTs header").map_err(|e| refuse(known, e))?;
@@ -100,7 +103,7 @@ pub fn verify_callback<'t, 'h>(
     if !signing::signature_matches(&tenant.secret, tenant.algorithm, &input, sign.as_bytes()) {
         return Err(refuse(known, GatewayError::BadCallbackSignature("sign does not match")));
     }
-    Ok(VerifiedCallback { tenant, request_id })
+    Ok(VerifiedCallback { tenant, position, request_id })
 }
 
 #[cfg(test)]
@@ -180,11 +183,11 @@ mod tests {
         let mut h = good.clone();
         h.insert("uuid", HeaderValue::from_static("someone-else"));
         let refused = verify_callback(&d, &h, BODY, 300, NOW).unwrap_err();
-        assert!(refused.tenant.is_none() && refused.error.code() == 40102);
+        assert!(refused.position.is_none() && refused.error.code() == 40102);
         let mut h = good.clone();
         h.insert("algorithm", HeaderValue::from_static("SHA256"));
         let refused = verify_callback(&d, &h, BODY, 300, NOW).unwrap_err();
-        assert_eq!(refused.tenant.map(|t| t.name.as_str()), Some("acme"));
+        assert_eq!(refused.position.map(|i| d.get(i).name.as_str()), Some("acme"));
         assert_eq!(refused.error.kind(), "bad_callback_signature");
         let mut h = good.clone();
         h.insert("createts", HeaderValue::from_static("17324064oo"));

@@ -47,20 +47,38 @@ impl TenantDirectory {
         self.tenants.iter().find(|t| t.name == name)
     }
 
+    /// The tenant at `position` (its place in the config's `tenants` list).
+    pub fn get(&self, position: usize) -> &Arc<Tenant> {
+        &self.tenants[position]
+    }
+
     /// The tenant whose `uuid` is exactly `uuid` (callbacks name their account this way).
     pub fn by_uuid(&self, uuid: &str) -> Option<&Arc<Tenant>> {
-        self.uuids.get(uuid).map(|&i| &self.tenants[i])
+        self.position_by_uuid(uuid).map(|i| &self.tenants[i])
+    }
+
+    /// The position of the tenant whose `uuid` is exactly `uuid`.
+    pub fn position_by_uuid(&self, uuid: &str) -> Option<usize> {
+        self.uuids.get(uuid).copied()
     }
 
     /// Picks the tenant for a request from its `Authorization` header values.
-    pub fn select<'a, I>(&self, mut authorization: I) -> Result<&Arc<Tenant>, GatewayError>
+    pub fn select<'a, I>(&self, authorization: I) -> Result<&Arc<Tenant>, GatewayError>
+    where
+        I: Iterator<Item = &'a [u8]>,
+    {
+        self.select_position(authorization).map(|i| &self.tenants[i])
+    }
+
+    /// [`select`](Self::select), answering with the tenant's position, which indexes the
+    /// gateway's per-tenant records.
+    pub fn select_position<'a, I>(&self, mut authorization: I) -> Result<usize, GatewayError>
     where
         I: Iterator<Item = &'a [u8]>,
     {
         let Some(value) = authorization.next() else {
             return self
                 .default
-                .map(|i| &self.tenants[i])
                 .ok_or(GatewayError::Unauthenticated("a client key is required (Authorization: Bearer <key>)"));
         };
         if authorization.next().is_some() {
@@ -68,23 +86,24 @@ impl TenantDirectory {
         }
         let key =
             bearer_token(value).ok_or(GatewayError::Unauthenticated("Authorization must be 'Bearer <client key>'"))?;
-        self.by_key(key).ok_or(GatewayError::Unauthenticated("unknown client key"))
+        self.position_by_key(key, digest_eq).ok_or(GatewayError::Unauthenticated("unknown client key"))
     }
 
     /// The tenant whose key list holds sha256(`key`), in time independent of which matched.
     pub fn by_key(&self, key: &[u8]) -> Option<&Arc<Tenant>> {
-        self.by_key_with(key, digest_eq)
+        self.position_by_key(key, digest_eq).map(|i| &self.tenants[i])
     }
 
-    /// `by_key` with the digest comparison passed in, so tests can watch every comparison.
-    fn by_key_with(&self, key: &[u8], mut eq: impl FnMut(&[u8; 32], &[u8; 32]) -> Choice) -> Option<&Arc<Tenant>> {
+    /// The position of the tenant whose key list holds sha256(`key`), with the digest
+    /// comparison passed in, so tests can watch every comparison.
+    fn position_by_key(&self, key: &[u8], mut eq: impl FnMut(&[u8; 32], &[u8; 32]) -> Choice) -> Option<usize> {
         let digest: [u8; 32] = Sha256::digest(key).into();
         // 0 means "no match"; a match stores index + 1. Every entry is compared.
         let mut found = 0u32;
         for (stored, idx) in &self.keys {
             found.conditional_assign(&(idx + 1), eq(stored, &digest));
         }
-        (found != 0).then(|| &self.tenants[(found - 1) as usize])
+        (found != 0).then(|| (found - 1) as usize)
     }
 }
 
@@ -181,12 +200,12 @@ mod tests {
             ("x", None),
         ] {
             let mut compared = Vec::new();
-            let got = d.by_key_with(probe.as_bytes(), |stored, digest| {
+            let got = d.position_by_key(probe.as_bytes(), |stored, digest| {
                 compared.push(*stored);
                 assert_eq!(digest, &<[u8; 32]>::from(Sha256::digest(probe.as_bytes())), "only digests are compared");
                 digest_eq(stored, digest)
             });
-            assert_eq!(got.map(|t| t.name.as_str()), expect, "{probe}");
+            assert_eq!(got.map(|i| d.get(i).name.as_str()), expect, "{probe}");
             let stored: Vec<[u8; 32]> = d.keys.iter().map(|(h, _)| *h).collect();
             assert_eq!(compared, stored, "{probe}: every entry, once, in order, no early exit");
         }

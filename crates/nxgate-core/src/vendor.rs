@@ -77,6 +77,11 @@ pub fn label(code: Option<i64>) -> &'static str {
     }
 }
 
+/// Where `label(code)` stands in [`all_labels`]: the table's rows in order, then `other`.
+pub fn label_index(code: Option<i64>) -> usize {
+    code.and_then(|c| TABLE.iter().position(|row| row.code == c)).unwrap_or(TABLE.len())
+}
+
 /// Every label `label` can return, for exporting each series at zero.
 pub fn all_labels() -> impl Iterator<Item = &'static str> {
     (0..TABLE.len()).map(|i| label(Some(TABLE[i].code))).chain(std::iter::once("other"))
@@ -181,6 +186,14 @@ fn integer(b: &[u8], i: usize) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_index_points_at_the_label_in_all_labels() {
+        let labels: Vec<_> = all_labels().collect();
+        for code in [Some(0), Some(6), Some(1001), Some(99), None] {
+            assert_eq!(labels[label_index(code)], label(code), "{code:?}");
+        }
+    }
 
     #[test]
     fn finds_the_top_level_code_of_either_envelope() {
