@@ -7,6 +7,11 @@
 //! test can assert exactly which requests reached the upstream, not only what the caller
 //! was told. After every hostile exchange a normal request on a fresh connection must
 //! still be answered: no input may stop the gateway from serving.
+//!
+//! The framing cases (header limits, chunked framing, smuggling, Content-Length, folding)
+//! run against both caller-facing listeners, the proxy and the callback listener
+//! ([`Target`]), since both read requests through the same shell: on the callback
+//! listener, the far side is a recording test receiver.
 
 mod common;
 
@@ -36,6 +41,84 @@ fn hostile_gateway_with(adjust: impl FnOnce(&mut GatewayOptions)) -> (Emulator, 
 /// A gateway whose callers get `ms` to send a whole request header.
 fn gateway_with_header_timeout(ms: u64) -> (Emulator, Recorder, Gateway) {
     hostile_gateway_with(|o| o.extra_top = format!("limits: {{ request_header_timeout_ms: {ms} }}\n"))
+}
+
+/// A caller-facing listener under attack, with a recording far side: the proxy (its
+/// upstream a relay in front of the emulator) or the callback listener (its receiver a
+/// recording test receiver). Fields are declared so the gateway is killed first.
+enum Target {
+    Proxy(Gateway, Recorder, Emulator),
+    Callbacks(Gateway, TestReceiver),
+}
+
+impl Target {
+    /// Both listeners, each on a gateway of its own.
+    fn both() -> [Target; 2] {
+        let (emu, rec, gw) = hostile_gateway();
+        [Target::Proxy(gw, rec, emu), Target::callbacks()]
+    }
+
+    fn callbacks() -> Target {
+        let receiver = TestReceiver::start();
+        let mut opts = GatewayOptions::new("http://127.0.0.1:9".to_owned());
+        opts.extra_top = format!(
+            "callbacks:\n  listen: [\"127.0.0.1:0\"]\n  forward_to: \"{}\"\n  allow_prefixes: [\"/callcentre/\"]\n",
+            receiver.url()
+        );
+        let gw = Gateway::start_yaml(&opts.yaml(any_port()));
+        Target::Callbacks(gw, receiver)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Proxy(..) => "proxy",
+            Target::Callbacks(..) => "callbacks",
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Proxy(gw, ..) => gw.addr,
+            Target::Callbacks(gw, _) => gw.callbacks[0],
+        }
+    }
+
+    /// Requests that reached the far side.
+    fn forwarded(&self) -> usize {
+        match self {
+            Target::Proxy(_, rec, _) => rec.forwarded(),
+            Target::Callbacks(_, receiver) => receiver.count(),
+        }
+    }
+
+    /// Whether any request that reached the far side contains `text`.
+    fn far_side_saw(&self, text: &str) -> bool {
+        match self {
+            Target::Proxy(_, rec, _) => rec.text().contains(text),
+            Target::Callbacks(_, receiver) => {
+                receiver.seen().iter().any(|r| r.path.contains(text) || String::from_utf8_lossy(&r.body).contains(text))
+            }
+        }
+    }
+
+    /// A normal request on a fresh connection is still answered (a signed callback is
+    /// delivered), and the process is alive.
+    fn assert_still_serving(&mut self) {
+        match self {
+            Target::Proxy(gw, ..) => assert_still_serving(gw),
+            Target::Callbacks(gw, receiver) => {
+                assert!(gw.wait_exit(Duration::from_millis(1)).is_none(), "the gateway process exited");
+                let before = receiver.count();
+                let body = br#"{"callbackType":"1","orderID":"still-serving"}"#;
+                let (rid, ts) = (format!("still-serving-{before}"), unix_now().to_string());
+                let sign = refsign::sign(Digest::Md5, SECRET_A.as_bytes(), body, &ts, &rid, UUID_A);
+                let headers = [("requestID", rid.as_str()), ("uuid", UUID_A), ("createTs", &ts), ("sign", &sign)];
+                let r = client::request(gw.callbacks[0], "POST", "/callcentre/cb", &headers, body).unwrap();
+                assert_eq!(r.status, 200, "callback listener stopped serving: {}", String::from_utf8_lossy(&r.body));
+                assert_eq!(receiver.count(), before + 1, "the signed callback was delivered");
+            }
+        }
+    }
 }
 
 // ---- harness: raw exchanges ----------------------------------------------------------------
@@ -392,95 +475,101 @@ fn slowly_trickled_headers_from_many_callers_are_served_and_do_not_block_others(
 
 #[test]
 fn ten_thousand_headers_are_refused_with_400() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    let mut req = head("POST", "/callcentre/many-headers");
-    for i in 0..10_000 {
-        req.push_str(&format!("x-h{i}: v\r\n"));
+    for mut t in Target::both() {
+        let mut req = head("POST", "/callcentre/many-headers");
+        for i in 0..10_000 {
+            req.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        req.push_str("content-length: 2\r\n\r\n{}");
+        let ex = exchange(t.addr(), req.into_bytes(), false, WAIT);
+        assert_refused_by_parser(&ex);
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    req.push_str("content-length: 2\r\n\r\n{}");
-    let ex = exchange(gw.addr, req.into_bytes(), false, WAIT);
-    assert_refused_by_parser(&ex);
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 #[test]
 fn two_hundred_fifty_seven_headers_are_refused_with_400_before_nxgate() {
     // Pingora's MAX_HEADERS is 256: head() has 2 headers, so 254 more plus content-length
     // make 257.
-    let (_emu, rec, mut gw) = hostile_gateway();
-    let mut req = head("POST", "/callcentre/257-headers");
-    for i in 0..254 {
-        req.push_str(&format!("x-h{i}: v\r\n"));
+    for mut t in Target::both() {
+        let mut req = head("POST", "/callcentre/257-headers");
+        for i in 0..254 {
+            req.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        req.push_str("content-length: 2\r\n\r\n{}");
+        assert_eq!(req.matches("\r\n").count() - 2, 257, "request line and blank line aside");
+        let ex = exchange(t.addr(), req.into_bytes(), false, WAIT);
+        assert_refused_by_parser(&ex);
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    req.push_str("content-length: 2\r\n\r\n{}");
-    assert_eq!(req.matches("\r\n").count() - 2, 257, "request line and blank line aside");
-    let ex = exchange(gw.addr, req.into_bytes(), false, WAIT);
-    assert_refused_by_parser(&ex);
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 #[test]
 fn a_header_value_over_one_mebibyte_is_refused_with_400() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    for size in [1024 * 1024 + 1, 4 * 1024 * 1024] {
-        let req = format!(
-            "{}x-big: {}\r\ncontent-length: 2\r\n\r\n{{}}",
-            head("POST", "/callcentre/big-header"),
-            "a".repeat(size)
-        );
-        let ex = exchange(gw.addr, req.into_bytes(), false, WAIT);
-        assert_refused_by_parser(&ex);
-        assert!(ex.elapsed < Duration::from_secs(3), "{size}: {:?}", ex.elapsed);
+    for mut t in Target::both() {
+        for size in [1024 * 1024 + 1, 4 * 1024 * 1024] {
+            let req = format!(
+                "{}x-big: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+                head("POST", "/callcentre/big-header"),
+                "a".repeat(size)
+            );
+            let ex = exchange(t.addr(), req.into_bytes(), false, WAIT);
+            assert_refused_by_parser(&ex);
+            assert!(ex.elapsed < Duration::from_secs(3), "{size}: {:?}", ex.elapsed);
+        }
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 #[test]
 fn a_header_section_that_never_ends_is_refused_at_the_size_limit() {
     // No CRLFCRLF ever: the gateway must stop buffering at ~1 MiB, not keep reading.
-    let (_emu, rec, mut gw) = hostile_gateway();
-    let mut req = head("POST", "/callcentre/endless").into_bytes();
-    while req.len() < 3 * 1024 * 1024 {
-        req.extend_from_slice(b"x-more: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    for mut t in Target::both() {
+        let mut req = head("POST", "/callcentre/endless").into_bytes();
+        while req.len() < 3 * 1024 * 1024 {
+            req.extend_from_slice(b"x-more: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        let ex = exchange(t.addr(), req, false, WAIT);
+        assert_refused_by_parser(&ex);
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    let ex = exchange(gw.addr, req, false, WAIT);
-    assert_refused_by_parser(&ex);
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 // ---- chunked framing ---------------------------------------------------------------------------
 
 #[test]
 fn invalid_chunk_sizes_are_refused_with_400_and_never_forwarded() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    for size in ["zz", "-5", "ffffffffffffffffff", "10000000000000000", "0x2", " 2", "2\n"] {
-        let req = format!(
-            "{}transfer-encoding: chunked\r\n\r\n{size}\r\n{{}}\r\n0\r\n\r\n",
-            head("POST", "/callcentre/bad-chunk")
-        );
-        let ex = exchange(gw.addr, req.into_bytes(), false, Duration::from_secs(2));
-        let v = assert_bad_request_and_closed(&ex, &format!("chunk size {size:?}"));
-        assert!(v["msg"].as_str().unwrap().contains("InvalidChunk"), "{size:?}: {v}");
+    for mut t in Target::both() {
+        for size in ["zz", "-5", "ffffffffffffffffff", "10000000000000000", "0x2", " 2", "2\n"] {
+            let req = format!(
+                "{}transfer-encoding: chunked\r\n\r\n{size}\r\n{{}}\r\n0\r\n\r\n",
+                head("POST", "/callcentre/bad-chunk")
+            );
+            let ex = exchange(t.addr(), req.into_bytes(), false, Duration::from_secs(2));
+            let v = assert_bad_request_and_closed(&ex, &format!("chunk size {size:?}"));
+            assert!(v["msg"].as_str().unwrap().contains("InvalidChunk"), "{size:?}: {v}");
+        }
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 #[test]
 fn a_request_hidden_after_an_invalid_chunk_in_the_same_write_is_never_forwarded() {
     // The bytes after a broken chunk size must not be parsed as a second request.
-    let (_emu, rec, mut gw) = hostile_gateway();
-    let hidden = format!("{}content-length: 0\r\n\r\n", head("GET", "/callcentre/smuggled"));
-    let req = format!("{}transfer-encoding: chunked\r\n\r\nzz\r\n{hidden}", head("POST", "/callcentre/bad-chunk"));
-    let ex = exchange(gw.addr, req.into_bytes(), false, Duration::from_secs(2));
-    assert_bad_request_and_closed(&ex, "a request hidden after a broken chunk");
-    assert!(!rec.text().contains("smuggled"));
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
+    for mut t in Target::both() {
+        let hidden = format!("{}content-length: 0\r\n\r\n", head("GET", "/callcentre/smuggled"));
+        let req = format!("{}transfer-encoding: chunked\r\n\r\nzz\r\n{hidden}", head("POST", "/callcentre/bad-chunk"));
+        let ex = exchange(t.addr(), req.into_bytes(), false, Duration::from_secs(2));
+        assert_bad_request_and_closed(&ex, "a request hidden after a broken chunk");
+        assert!(!t.far_side_saw("smuggled"));
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
+    }
 }
 
 #[test]
@@ -534,28 +623,30 @@ fn raw_control_bytes_in_the_path_are_refused_not_forwarded_encoded() {
 
 #[test]
 fn a_chunked_body_that_ends_early_is_400_and_never_forwarded() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    // Cut mid-chunk, after a whole chunk but before the last-chunk, and inside the size line.
-    for tail in ["5\r\nhel", "5\r\nhello\r\n", "5\r\nhello\r\n0", "5"] {
-        let req = format!("{}transfer-encoding: chunked\r\n\r\n{tail}", head("POST", "/callcentre/short-chunked"));
-        let ex = exchange(gw.addr, req.into_bytes(), true, WAIT);
-        assert_bad_request_and_closed(&ex, &format!("{tail:?}"));
+    for mut t in Target::both() {
+        // Cut mid-chunk, after a whole chunk but before the last-chunk, and inside the size line.
+        for tail in ["5\r\nhel", "5\r\nhello\r\n", "5\r\nhello\r\n0", "5"] {
+            let req = format!("{}transfer-encoding: chunked\r\n\r\n{tail}", head("POST", "/callcentre/short-chunked"));
+            let ex = exchange(t.addr(), req.into_bytes(), true, WAIT);
+            assert_bad_request_and_closed(&ex, &format!("{tail:?}"));
+        }
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 // ---- Content-Length mismatches ---------------------------------------------------------------
 
 #[test]
 fn a_content_length_larger_than_the_body_then_half_close_is_400_and_never_forwarded() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    let req = format!("{}content-length: 100\r\n\r\n{{}}", head("POST", "/callcentre/short-body"));
-    let ex = exchange(gw.addr, req.into_bytes(), true, WAIT);
-    assert_bad_request_and_closed(&ex, "content-length 100, 2 bytes, half-close");
-    assert!(ex.elapsed < Duration::from_secs(2), "the gateway waited for bytes that cannot come: {:?}", ex.elapsed);
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
+    for mut t in Target::both() {
+        let req = format!("{}content-length: 100\r\n\r\n{{}}", head("POST", "/callcentre/short-body"));
+        let ex = exchange(t.addr(), req.into_bytes(), true, WAIT);
+        assert_bad_request_and_closed(&ex, "content-length 100, 2 bytes, half-close");
+        assert!(ex.elapsed < Duration::from_secs(2), "the gateway waited for bytes that cannot come: {:?}", ex.elapsed);
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
+    }
 }
 
 #[test]
@@ -607,72 +698,77 @@ fn bytes_beyond_content_length_in_the_same_write_are_not_forwarded_as_a_second_r
 
 #[test]
 fn content_length_with_transfer_encoding_is_refused_in_every_order_and_spelling() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    for framing in [
-        "transfer-encoding: chunked\r\ncontent-length: 2\r\n",
-        "Content-Length: 2\r\nTransfer-Encoding: CHUNKED\r\n",
-        "CONTENT-LENGTH: 2\r\ntransfer-encoding: identity, chunked\r\n",
-        "content-length:2\r\ntransfer-encoding:chunked\r\n",
-    ] {
-        let req = format!("{}{framing}\r\n2\r\n{{}}\r\n0\r\n\r\n", head("POST", "/callcentre/cl-te"));
-        let ex = exchange(gw.addr, req.into_bytes(), false, WAIT);
-        assert_bad_request_and_closed(&ex, &format!("{framing:?}"));
+    for mut t in Target::both() {
+        for framing in [
+            "transfer-encoding: chunked\r\ncontent-length: 2\r\n",
+            "Content-Length: 2\r\nTransfer-Encoding: CHUNKED\r\n",
+            "CONTENT-LENGTH: 2\r\ntransfer-encoding: identity, chunked\r\n",
+            "content-length:2\r\ntransfer-encoding:chunked\r\n",
+        ] {
+            let req = format!("{}{framing}\r\n2\r\n{{}}\r\n0\r\n\r\n", head("POST", "/callcentre/cl-te"));
+            let ex = exchange(t.addr(), req.into_bytes(), false, WAIT);
+            assert_bad_request_and_closed(&ex, &format!("{framing:?}"));
+        }
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 #[test]
 fn differing_duplicate_content_lengths_are_refused_by_the_parser() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    let req = format!("{}content-length: 2\r\ncontent-length: 3\r\n\r\n{{}}x", head("POST", "/callcentre/dup-cl"));
-    assert_refused_by_parser(&exchange(gw.addr, req.into_bytes(), false, WAIT));
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
+    for mut t in Target::both() {
+        let req = format!("{}content-length: 2\r\ncontent-length: 3\r\n\r\n{{}}x", head("POST", "/callcentre/dup-cl"));
+        assert_refused_by_parser(&exchange(t.addr(), req.into_bytes(), false, WAIT));
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
+    }
 }
 
 #[test]
 fn content_length_that_is_not_a_plain_number_is_refused() {
     // Pingora refuses what it cannot parse; nxgate refuses a list Pingora lets through.
-    let (_emu, rec, mut gw) = hostile_gateway();
-    for (cl, by_nxgate) in [("2, 2", true), ("+2", false), ("0x2", false), ("-1", false), ("2 2", false)] {
-        let req = format!("{}content-length: {cl}\r\n\r\n{{}}", head("POST", "/callcentre/odd-cl"));
-        let ex = exchange(gw.addr, req.into_bytes(), false, WAIT);
-        if by_nxgate {
-            assert_bad_request_and_closed(&ex, &format!("content-length {cl:?}"));
-        } else {
-            assert_refused_by_parser(&ex);
+    for mut t in Target::both() {
+        for (cl, by_nxgate) in [("2, 2", true), ("+2", false), ("0x2", false), ("-1", false), ("2 2", false)] {
+            let req = format!("{}content-length: {cl}\r\n\r\n{{}}", head("POST", "/callcentre/odd-cl"));
+            let ex = exchange(t.addr(), req.into_bytes(), false, WAIT);
+            if by_nxgate {
+                assert_bad_request_and_closed(&ex, &format!("content-length {cl:?}"));
+            } else {
+                assert_refused_by_parser(&ex);
+            }
         }
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 #[test]
 fn transfer_encoding_whose_last_coding_is_not_chunked_is_refused() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    for te in [
-        "transfer-encoding: chunked, identity\r\n",
-        "transfer-encoding: xchunked\r\n",
-        "transfer-encoding: chunked\r\ntransfer-encoding: identity\r\n",
-        "transfer-encoding: gzip\r\n",
-    ] {
-        let req = format!("{}{te}\r\n2\r\n{{}}\r\n0\r\n\r\n", head("POST", "/callcentre/te"));
-        assert_refused_by_parser(&exchange(gw.addr, req.into_bytes(), false, WAIT));
+    for mut t in Target::both() {
+        for te in [
+            "transfer-encoding: chunked, identity\r\n",
+            "transfer-encoding: xchunked\r\n",
+            "transfer-encoding: chunked\r\ntransfer-encoding: identity\r\n",
+            "transfer-encoding: gzip\r\n",
+        ] {
+            let req = format!("{}{te}\r\n2\r\n{{}}\r\n0\r\n\r\n", head("POST", "/callcentre/te"));
+            assert_refused_by_parser(&exchange(t.addr(), req.into_bytes(), false, WAIT));
+        }
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 #[test]
 fn transfer_encoding_on_http_1_0_is_refused() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    let req = format!(
-        "POST /callcentre/te10 HTTP/1.0\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
-    );
-    assert_refused_by_parser(&exchange(gw.addr, req.into_bytes(), false, WAIT));
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
+    for mut t in Target::both() {
+        let req = format!(
+            "POST /callcentre/te10 HTTP/1.0\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+        );
+        assert_refused_by_parser(&exchange(t.addr(), req.into_bytes(), false, WAIT));
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
+    }
 }
 
 #[test]
@@ -697,27 +793,33 @@ fn transfer_encoding_identity_then_chunked_is_forwarded_as_exactly_one_request()
 #[test]
 fn obs_folded_headers_are_refused() {
     // A folded line could hide Transfer-Encoding from one parser and not another.
-    let (_emu, rec, mut gw) = hostile_gateway();
-    for fold in ["transfer-encoding:\r\n chunked\r\n", "x-a: 1\r\n\tcontinued\r\n", "x-a: 1\r\n content-length: 5\r\n"]
-    {
-        let req = format!("{}{fold}content-length: 2\r\n\r\n{{}}", head("POST", "/callcentre/fold"));
-        assert_refused_by_parser(&exchange(gw.addr, req.into_bytes(), false, WAIT));
+    for mut t in Target::both() {
+        for fold in
+            ["transfer-encoding:\r\n chunked\r\n", "x-a: 1\r\n\tcontinued\r\n", "x-a: 1\r\n content-length: 5\r\n"]
+        {
+            let req = format!("{}{fold}content-length: 2\r\n\r\n{{}}", head("POST", "/callcentre/fold"));
+            assert_refused_by_parser(&exchange(t.addr(), req.into_bytes(), false, WAIT));
+        }
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 #[test]
 fn whitespace_before_a_header_colon_is_refused() {
-    let (_emu, rec, mut gw) = hostile_gateway();
-    for line in
-        ["transfer-encoding : chunked\r\n", "content-length : 2\r\n", "authorization\t: Bearer x\r\n", "sign : X\r\n"]
-    {
-        let req = format!("{}{line}content-length: 2\r\n\r\n{{}}", head("POST", "/callcentre/ws-colon"));
-        assert_refused_by_parser(&exchange(gw.addr, req.into_bytes(), false, WAIT));
+    for mut t in Target::both() {
+        for line in [
+            "transfer-encoding : chunked\r\n",
+            "content-length : 2\r\n",
+            "authorization\t: Bearer x\r\n",
+            "sign : X\r\n",
+        ] {
+            let req = format!("{}{line}content-length: 2\r\n\r\n{{}}", head("POST", "/callcentre/ws-colon"));
+            assert_refused_by_parser(&exchange(t.addr(), req.into_bytes(), false, WAIT));
+        }
+        assert_eq!(t.forwarded(), 0, "{}", t.name());
+        t.assert_still_serving();
     }
-    assert_eq!(rec.forwarded(), 0);
-    assert_still_serving(&mut gw);
 }
 
 // ---- pipelining -------------------------------------------------------------------------------
