@@ -19,12 +19,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
-use std::sync::Arc;
 
 use crate::net::{body, upstream};
 use crate::policy::delivery::{Delivery, DeliveryReport};
 use crate::shell::{self, Flow, Reply, Request};
-use crate::state::{Generation, Live, TenantRecord};
+use crate::state::{Live, Snapshot};
 use nxgate_core::callback::verify_callback;
 use nxgate_core::clock::now_unix;
 use nxgate_core::errors::{CallbackOutcome, GatewayError};
@@ -32,10 +31,8 @@ use nxgate_core::headers::{self, CALLBACK_DUPLICATE_HEADER, CALLBACK_TENANT_HEAD
 
 /// The callback flow's state for one request, read by its metrics and access event.
 pub struct CallbackCtx {
-    /// The generation the callback arrived under.
-    g: Arc<Generation>,
-    /// The tenant's position, once the callback's `uuid` named one.
-    tenant: Option<usize>,
+    /// The generation the callback arrived under, and its tenant once its `uuid` named one.
+    at: Snapshot,
     /// The callback's `requestID`, once verified.
     request_id: Option<String>,
     /// How it ended, unless it was refused (the shell's request says so then).
@@ -45,57 +42,81 @@ pub struct CallbackCtx {
 }
 
 impl CallbackCtx {
-    fn record(&self) -> Option<&TenantRecord> {
-        self.tenant.map(|i| self.g.record(i))
-    }
-
     fn outcome(&self, req: &Request) -> CallbackOutcome {
         req.error.map_or(self.delivered, CallbackOutcome::Refused)
     }
 }
 
 /// The callback flow.
-pub struct Callbacks {
-    live: Live,
-}
-
-impl Callbacks {
-    /// Serves callbacks with whatever generation `live` holds at each callback's start.
-    pub fn new(live: Live) -> Self {
-        Callbacks { live }
-    }
-}
+pub struct Callbacks(pub Live);
 
 #[async_trait]
 impl Flow for Callbacks {
-    type Ctx = CallbackCtx;
     const LISTENER: &'static str = "callbacks";
+    type Ctx = CallbackCtx;
 
     fn start(&self) -> CallbackCtx {
         CallbackCtx {
-            g: self.live.load_full(),
-            tenant: None,
+            at: Snapshot::of(&self.0),
             request_id: None,
             delivered: CallbackOutcome::Delivered,
             delivery: DeliveryReport::default(),
         }
     }
 
+    fn tenant<'c>(&self, ctx: &'c CallbackCtx) -> Option<&'c str> {
+        ctx.at.tenant_name()
+    }
+
+    /// The callback path proper; every step may refuse with a `GatewayError`. (Its
+    /// future is boxed once per callback, by `async_trait`.)
     async fn handle(
         &self,
         session: &mut ServerSession,
         req: &mut Request,
         ctx: &mut CallbackCtx,
     ) -> Result<Reply, GatewayError> {
-        Box::pin(handle(session, req, ctx)).await
-    }
+        let g = ctx.at.g.clone();
+        let cb = g.callbacks.as_ref().ok_or(GatewayError::RouteNotAllowed)?;
+        let target = body::allowed_target(session.req_header(), &cb.config.allow_prefixes)?;
+        let limit = g.config.max_request_body_bytes;
+        let declared = body::check_framing(session, limit)?;
+        let body = body::read_body(session, limit, declared).await?;
+        req.bytes_in = body.len();
 
-    fn tenant<'c>(&self, ctx: &'c CallbackCtx) -> Option<&'c str> {
-        ctx.record().map(|r| r.tenant.name.as_str())
+        let header = session.req_header();
+        let now = now_unix().as_secs();
+        let verified = verify_callback(&g.tenants, &header.headers, &body, g.config.max_clock_skew_secs, now).map_err(
+            |refused| {
+                ctx.at.tenant = refused.position;
+                refused.error
+            },
+        )?;
+        ctx.at.tenant = Some(verified.position);
+        let request_id = verified.request_id.to_owned();
+        ctx.request_id = Some(request_id.clone());
+        let record = g.record(verified.position);
+        let receiver = record.receiver.as_ref().ok_or(GatewayError::RouteNotAllowed)?;
+        let tenant = &record.tenant;
+        let delivery = delivery_header(header, &target, receiver.authority(), &tenant.name, &request_id, body.len())?;
+
+        match cb.deliver(receiver, tenant, &request_id, delivery, &body, &mut ctx.delivery).await? {
+            Delivery::Duplicate => {
+                ctx.delivered = CallbackOutcome::Duplicate;
+                Ok(duplicate_reply(&request_id))
+            }
+            Delivery::Answered(response) => {
+                if !response.header.status.is_success() {
+                    ctx.delivered = CallbackOutcome::ReceiverError;
+                }
+                let header = shell::reframe(response.header, &request_id, response.body.len());
+                Ok(Reply { header, body: response.body })
+            }
+        }
     }
 
     fn record(&self, req: &Request, ctx: &CallbackCtx) {
-        let series = ctx.record().map_or(&ctx.g.anonymous_callbacks, |r| &r.metrics.callbacks);
+        let series = ctx.at.record().map_or(&ctx.at.g.anonymous_callbacks, |r| &r.metrics.callbacks);
         series.outcome(ctx.outcome(req));
         if let Some(t) = ctx.delivery.time {
             series.delivery_duration.observe(t.as_secs_f64());
@@ -118,46 +139,6 @@ impl Flow for Callbacks {
             bytes_out = req.bytes_out,
             "callback"
         );
-    }
-}
-
-/// The callback path proper; every step may refuse with a `GatewayError`.
-async fn handle(session: &mut ServerSession, req: &mut Request, ctx: &mut CallbackCtx) -> Result<Reply, GatewayError> {
-    let g = ctx.g.clone();
-    let cb = g.callbacks.as_ref().ok_or(GatewayError::RouteNotAllowed)?;
-    let target = body::allowed_target(session.req_header(), &cb.config.allow_prefixes)?;
-    let limit = g.config.max_request_body_bytes;
-    let declared = body::check_framing(session, limit)?;
-    let body = body::read_body(session, limit, declared).await?;
-    req.bytes_in = body.len();
-
-    let header = session.req_header();
-    let now = now_unix().as_secs();
-    let verified =
-        verify_callback(&g.tenants, &header.headers, &body, g.config.max_clock_skew_secs, now).map_err(|refused| {
-            ctx.tenant = refused.position;
-            refused.error
-        })?;
-    ctx.tenant = Some(verified.position);
-    let request_id = verified.request_id.to_owned();
-    ctx.request_id = Some(request_id.clone());
-    let record = g.record(verified.position);
-    let receiver = record.receiver.as_ref().ok_or(GatewayError::RouteNotAllowed)?;
-    let tenant = &record.tenant;
-    let delivery = delivery_header(header, &target, receiver.authority(), &tenant.name, &request_id, body.len())?;
-
-    match cb.deliver(receiver, tenant, &request_id, delivery, &body, &mut ctx.delivery).await? {
-        Delivery::Duplicate => {
-            ctx.delivered = CallbackOutcome::Duplicate;
-            Ok(duplicate_reply(&request_id))
-        }
-        Delivery::Answered(response) => {
-            if !response.header.status.is_success() {
-                ctx.delivered = CallbackOutcome::ReceiverError;
-            }
-            let header = shell::reframe(response.header, &request_id, response.body.len());
-            Ok(Reply { header, body: response.body })
-        }
     }
 }
 

@@ -12,14 +12,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
-use std::sync::Arc;
 
 use crate::net::body;
 use crate::policy::admission::{self, InFlightSlot, RateDecision, RateState};
 use crate::policy::answers;
 use crate::policy::exchange::{self, ExchangeReport, Outbound};
 use crate::shell::{self, Flow, Reply, Request};
-use crate::state::{Generation, Live, TenantRecord};
+use crate::state::{Generation, Live, Snapshot, TenantRecord};
 use nxgate_core::clock::now_unix_ms;
 use nxgate_core::config::{GatewayConfig, RequestCompression};
 use nxgate_core::errors::{GatewayError, Refusal};
@@ -27,10 +26,8 @@ use nxgate_core::gzip::{self, GzipError};
 
 /// The proxy's state for one request, read by its metrics and access event.
 pub struct ProxyCtx {
-    /// The generation the request started under.
-    g: Arc<Generation>,
-    /// The chosen tenant's position, once authenticated.
-    tenant: Option<usize>,
+    /// The generation the request started under, and its tenant once authenticated.
+    at: Snapshot,
     /// Upstream status, timing and verification.
     exchange: ExchangeReport,
     /// Counts this request in its tenant's `nxgate_in_flight` gauge until dropped.
@@ -39,12 +36,6 @@ pub struct ProxyCtx {
     _slot: Option<InFlightSlot>,
     /// The tenant's rate-limit state, for the `RateLimit*` headers.
     rate_state: Option<RateState>,
-}
-
-impl ProxyCtx {
-    fn record(&self) -> Option<&TenantRecord> {
-        self.tenant.map(|i| self.g.record(i))
-    }
 }
 
 /// Decrements a gauge when dropped.
@@ -64,16 +55,7 @@ impl Drop for GaugeGuard {
 }
 
 /// The proxy flow: caller → NXCloud → caller.
-pub struct Proxy {
-    live: Live,
-}
-
-impl Proxy {
-    /// Serves requests with whatever generation `live` holds at each request's start.
-    pub fn new(live: Live) -> Self {
-        Proxy { live }
-    }
-}
+pub struct Proxy(pub Live);
 
 #[async_trait]
 impl Flow for Proxy {
@@ -82,8 +64,7 @@ impl Flow for Proxy {
 
     fn start(&self) -> ProxyCtx {
         ProxyCtx {
-            g: self.live.load_full(),
-            tenant: None,
+            at: Snapshot::of(&self.0),
             exchange: ExchangeReport::default(),
             _gauge: None,
             _slot: None,
@@ -97,13 +78,13 @@ impl Flow for Proxy {
         req: &mut Request,
         ctx: &mut ProxyCtx,
     ) -> Result<Reply, GatewayError> {
-        // Boxed once per request: the exchange's future is large, and the futures above it
-        // (the per-request one Pingora boxes among them) would each hold and copy it whole.
-        Box::pin(handle(session, req, ctx)).await
+        // This future is boxed once per request (by `async_trait`): the exchange's future is
+        // large, and the futures above it would each hold and copy it whole.
+        handle(session, req, ctx).await
     }
 
     fn tenant<'c>(&self, ctx: &'c ProxyCtx) -> Option<&'c str> {
-        ctx.record().map(|r| r.tenant.name.as_str())
+        ctx.at.tenant_name()
     }
 
     fn decorate(&self, ctx: &ProxyCtx, reply: &mut Reply) {
@@ -117,14 +98,14 @@ impl Flow for Proxy {
     fn record(&self, req: &Request, ctx: &ProxyCtx) {
         let elapsed = req.started.elapsed().as_secs_f64();
         if let Some(failure) = req.upstream_failure {
-            ctx.g.metrics.upstream_errors.with_label_values(&[failure.label()]).inc();
+            ctx.at.g.metrics.upstream_errors.with_label_values(&[failure.label()]).inc();
         }
-        let Some(record) = ctx.record() else {
-            ctx.g.metrics.anonymous_request(req.status, req.outcome(), elapsed);
+        let Some(record) = ctx.at.record() else {
+            ctx.at.g.metrics.anonymous_request(req.status, req.outcome(), elapsed);
             return;
         };
         let m = &record.metrics;
-        m.request(&ctx.g.metrics, req.status, req.outcome());
+        m.request(&ctx.at.g.metrics, req.status, req.outcome());
         m.request_duration.observe(elapsed);
         if let Some(t) = ctx.exchange.upstream_time {
             m.upstream_duration.observe(t.as_secs_f64());
@@ -160,9 +141,9 @@ impl Flow for Proxy {
 
 /// The request path proper. Each step may refuse the request with a `GatewayError`.
 async fn handle(session: &mut ServerSession, req: &mut Request, ctx: &mut ProxyCtx) -> Result<Reply, GatewayError> {
-    let g = ctx.g.clone();
+    let g = ctx.at.g.clone();
     let position = authenticate(&g, session)?;
-    ctx.tenant = Some(position);
+    ctx.at.tenant = Some(position);
     let record = g.record(position);
     ctx._gauge = Some(GaugeGuard::new(&record.metrics.in_flight));
     let target = body::allowed_target(session.req_header(), &g.config.allow_prefixes)?;

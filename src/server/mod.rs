@@ -144,11 +144,11 @@ impl Gateway {
         let live = state::live(config, metrics.clone());
         let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone(), tls.clone()));
 
-        let app = Shell::new(Proxy::new(live.clone()), lifecycle.clone(), true);
+        let app = Shell::new(Proxy(live.clone()), lifecycle.clone(), true);
         server.add_service(caller_service("nxgate", app, &bound.listen, tls.proxy.as_ref(), &bound, &live, &metrics));
 
         if !bound.callbacks.is_empty() {
-            let app = Shell::new(Callbacks::new(live.clone()), lifecycle.clone(), false);
+            let app = Shell::new(Callbacks(live.clone()), lifecycle.clone(), false);
             let callbacks = tls.callbacks.as_ref();
             server.add_service(caller_service(
                 "nxgate callbacks",

@@ -110,6 +110,32 @@ impl Generation {
     }
 }
 
+/// A request's view of the config: the generation it started under (kept to its end, so a
+/// reload mid-request changes nothing for it) and, once known, its tenant.
+pub struct Snapshot {
+    /// The generation.
+    pub g: Arc<Generation>,
+    /// The tenant's position, once known.
+    pub tenant: Option<usize>,
+}
+
+impl Snapshot {
+    /// The generation live now, no tenant yet.
+    pub fn of(live: &Live) -> Self {
+        Snapshot { g: live.load_full(), tenant: None }
+    }
+
+    /// The tenant's record, once known.
+    pub fn record(&self) -> Option<&TenantRecord> {
+        self.tenant.map(|i| self.g.record(i))
+    }
+
+    /// The tenant's name, once known.
+    pub fn tenant_name(&self) -> Option<&str> {
+        self.record().map(|r| r.tenant.name.as_str())
+    }
+}
+
 /// The generation requests use now; replaced whole on reload.
 pub type Live = Arc<ArcSwap<Generation>>;
 
