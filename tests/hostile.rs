@@ -47,7 +47,8 @@ fn gateway_with_header_timeout(ms: u64) -> (Emulator, Recorder, Gateway) {
 /// upstream a relay in front of the emulator) or the callback listener (its receiver a
 /// recording test receiver). Fields are declared so the gateway is killed first.
 enum Target {
-    Proxy(Gateway, Recorder, Emulator),
+    /// The emulator is only kept alive behind the relay.
+    Proxy(Gateway, Recorder, #[allow(dead_code)] Emulator),
     Callbacks(Gateway, TestReceiver),
 }
 
