@@ -1,4 +1,6 @@
-//! The three callbacks (§5): their bodies, their signatures and their delivery.
+//! Delivery of the three callbacks (§5): signing and POSTing the bodies it is handed, with
+//! retries. The bodies are rendered in `state`, beside the model they describe: this module
+//! knows no task or order, so `state` depends on it and never the reverse.
 //!
 //! Signed as §5.1 says: headers `requestID`, `uuid`, `createTs`, `sign`, with the account's
 //! configured algorithm and **no `algorithm` header** (the receiver must know the
@@ -13,13 +15,11 @@
 //! is exercised) and a fresh `createTs` and `sign` (so a long backoff is not refused as
 //! stale).
 
-use serde_json::{json, Value};
 use std::time::Duration;
 
-use nxgate_testkit::refsign;
+use nxgate_testkit::refsign::{self, Digest};
 
-use crate::state::{Attempt, CallbackRecord, Delivery, Order, Task, World};
-use crate::Emulator;
+use crate::http::ClientAnswer;
 
 /// How undeliverable callbacks are retried.
 #[derive(Debug, Clone)]
@@ -53,88 +53,65 @@ impl CallbackRetry {
     }
 }
 
-/// `callbackType` of taskCallback (§7.4: 1).
-const TASK_CALLBACK_TYPE: i64 = 1;
-/// `callbackType` of orderCallback: §7.4 says 2, the en table types it as a string.
-const ORDER_CALLBACK_TYPE: &str = "2";
-/// `callbackType` of callCallback: not documented; 3 is the next value (§7.4 "presumably").
-const CALL_CALLBACK_TYPE: i64 = 3;
-
-/// The taskCallback body (§5.2).
-pub(crate) fn task_body(task: &Task) -> Value {
-    json!({
-        "callbackType": TASK_CALLBACK_TYPE,
-        "userTaskID": task.user_task_id,
-        "taskID": task.task_id,
-        "sceneID": task.scene_id,
-        "taskStatus": task.status,
-        "createTs": task.create_ts,
-        "taskStat": task.stat(),
-    })
+/// Which of the three callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallbackKind {
+    Task,
+    Order,
+    Call,
 }
 
-/// The orderCallback body (§5.3), about the order's last call.
-pub(crate) fn order_body(task: &Task, order: &Order) -> Value {
-    let mut body = order_fields(task, order);
-    body["callbackType"] = json!(ORDER_CALLBACK_TYPE);
-    body
+impl CallbackKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CallbackKind::Task => "taskCallback",
+            CallbackKind::Order => "orderCallback",
+            CallbackKind::Call => "callCallback",
+        }
+    }
 }
 
-/// The callCallback body (§5.4), about the call that just ended.
-pub(crate) fn call_body(task: &Task, order: &Order) -> Value {
-    let mut body = order_fields(task, order);
-    body["callbackType"] = json!(CALL_CALLBACK_TYPE);
-    body
+/// One delivery attempt of a callback.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempt {
+    /// Simulated Unix ms of the attempt.
+    pub at_ms: u64,
+    /// The `createTs` header sent (wall-clock seconds).
+    pub create_ts: String,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub answer: String,
 }
 
-fn order_fields(task: &Task, order: &Order) -> Value {
-    json!({
-        "orderID": order.order_id,
-        "userPhone": order.user_phone,
-        "userName": order.user_name,
-        "sceneID": task.scene_id,
-        "userTaskID": task.user_task_id,
-        "taskID": task.task_id,
-        "finish": order.finished(),
-        "other": order.other,
-        "callInfoDetail": order.last_call().map(|c| call_detail(order, c)).unwrap_or(Value::Null),
-    })
+/// Where a callback is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Waiting for its next attempt at this simulated time.
+    Pending { next_ms: u64 },
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Every attempt failed.
+    GaveUp,
 }
 
-/// The caller id and line every simulated call uses (en-only fields, placeholders).
-const CALLING_NUMBER: &str = "8610000000";
-const LINE_ADDRESS: &str = "127.0.0.1";
-
-/// One call in the shape of `callInfoDetail` / `callInfoDetailList[]` (§5.3, §4.13).
-/// Timestamps are Unix seconds (the vendor's unit is not stated; its `createTs` is seconds).
-pub(crate) fn call_detail(order: &Order, call: &crate::state::Call) -> Value {
-    let secs = |ms: u64| ms / 1000;
-    let answered = call.answer_ms.is_some();
-    json!({
-        "callID": call.call_id,
-        "callingNumber": CALLING_NUMBER,
-        "lineAddress": LINE_ADDRESS,
-        "callStatus": call.status,
-        "callStartTs": secs(call.start_ms),
-        "callAnswerTs": call.answer_ms.map_or(0, secs),
-        "callEndTs": secs(call.end_ms),
-        "callDuration": call.duration_secs(),
-        "callAudioUrl": if answered { format!("http://emulator.invalid/audio/{}.wav", call.call_id) } else { String::new() },
-        "hangupCause": call.hangup_cause,
-        "termSipCode": call.term_sip_code,
-        "intents": call.intents.iter().map(|i| i.json()).collect::<Vec<_>>(),
-        "sms": [],
-        "agent": {
-            "agentName": "", "agentGroup": "", "agentCallStatus": 0, "agentCallElapsed": 0, "agentLabel": "",
-            "manualCallStart": 0, "manualCallAnswer": 0, "manualCallEnd": 0, "manualHangupBy": 0,
-        },
-        "params": order.params,
-    })
+/// A callback the emulator made (and keeps for `/_emulator/state`).
+#[derive(Debug, Clone)]
+pub(crate) struct CallbackRecord {
+    pub id: u64,
+    pub kind: CallbackKind,
+    pub uuid: String,
+    pub url: String,
+    /// Kept for every retry: receivers de-duplicate on it.
+    pub request_id: String,
+    pub body: Vec<u8>,
+    pub digest: Digest,
+    pub attempts: Vec<Attempt>,
+    pub delivery: Delivery,
 }
 
 /// When the next pending callback is due.
-pub(crate) fn next_due_ms(w: &World) -> Option<u64> {
-    w.callbacks
+pub(crate) fn next_due_ms(records: &[CallbackRecord]) -> Option<u64> {
+    records
         .iter()
         .filter_map(|c| match c.delivery {
             Delivery::Pending { next_ms } => Some(next_ms),
@@ -143,44 +120,54 @@ pub(crate) fn next_due_ms(w: &World) -> Option<u64> {
         .min()
 }
 
-/// Attempts every callback due now, one after another, in the order they were queued.
-pub(crate) async fn deliver_due(emu: &Emulator) {
-    let due: Vec<CallbackRecord> = {
-        let w = emu.world();
-        w.callbacks
-            .iter()
-            .filter(|c| matches!(c.delivery, Delivery::Pending { next_ms } if next_ms <= w.now_ms))
-            .cloned()
-            .collect()
-    };
-    let policy = &emu.cfg.callback_retry;
-    for cb in due {
-        let create_ts = crate::wall_secs().to_string();
-        let secret = emu.cfg.tenants.get(&cb.uuid).map(|s| s.expose().to_vec()).unwrap_or_default();
-        let sign = refsign::sign(cb.digest, &secret, &cb.body, &create_ts, &cb.request_id, &cb.uuid);
-        let headers = [
-            ("requestID", cb.request_id.clone()),
-            ("uuid", cb.uuid.clone()),
-            ("createTs", create_ts.clone()),
-            ("sign", sign),
-        ];
-        let result = crate::http::post(&cb.url, &headers, &cb.body, policy.timeout).await;
-        let mut w = emu.world();
-        let now = w.now_ms;
-        let record = &mut w.callbacks[(cb.id - 1) as usize];
+/// The callbacks due at `now_ms`, in the order they were queued. Copies: each is sent
+/// without holding the model's lock.
+pub(crate) fn due(records: &[CallbackRecord], now_ms: u64) -> Vec<CallbackRecord> {
+    records
+        .iter()
+        .filter(|c| matches!(c.delivery, Delivery::Pending { next_ms } if next_ms <= now_ms))
+        .cloned()
+        .collect()
+}
+
+/// One attempt as sent, before it is stamped with the simulated time it ended at.
+pub(crate) struct Sent {
+    create_ts: String,
+    result: Result<ClientAnswer, String>,
+}
+
+/// Signs `cb` afresh (new `createTs`, same `requestID`) with `secret` and POSTs it once.
+pub(crate) async fn send(cb: &CallbackRecord, secret: &[u8], timeout: Duration) -> Sent {
+    let create_ts = crate::wall_secs().to_string();
+    let sign = refsign::sign(cb.digest, secret, &cb.body, &create_ts, &cb.request_id, &cb.uuid);
+    let headers = [
+        ("requestID", cb.request_id.clone()),
+        ("uuid", cb.uuid.clone()),
+        ("createTs", create_ts.clone()),
+        ("sign", sign),
+    ];
+    let result = crate::http::post(&cb.url, &headers, &cb.body, timeout).await;
+    Sent { create_ts, result }
+}
+
+impl CallbackRecord {
+    /// Records the attempt `sent`, ended at simulated `now_ms`, and decides what follows:
+    /// delivered, another attempt after the backoff, or given up.
+    pub fn settle(&mut self, sent: Sent, now_ms: u64, policy: &CallbackRetry) {
+        let Sent { create_ts, result } = sent;
         let ok = matches!(&result, Ok(a) if (200..300).contains(&a.status));
-        record.attempts.push(match result {
-            Ok(a) => Attempt { at_ms: now, create_ts, status: Some(a.status), error: None, answer: a.body },
-            Err(e) => Attempt { at_ms: now, create_ts, status: None, error: Some(e), answer: String::new() },
+        self.attempts.push(match result {
+            Ok(a) => Attempt { at_ms: now_ms, create_ts, status: Some(a.status), error: None, answer: a.body },
+            Err(e) => Attempt { at_ms: now_ms, create_ts, status: None, error: Some(e), answer: String::new() },
         });
-        let tried = record.attempts.len() as u32;
-        record.delivery = if ok {
+        let tried = self.attempts.len() as u32;
+        self.delivery = if ok {
             Delivery::Delivered
         } else if tried >= policy.max_attempts.max(1) {
-            tracing::warn!(url = %record.url, kind = record.kind.name(), "callback given up after {tried} attempts");
+            tracing::warn!(url = %self.url, kind = self.kind.name(), "callback given up after {tried} attempts");
             Delivery::GaveUp
         } else {
-            Delivery::Pending { next_ms: now + policy.backoff_secs(tried) * 1000 }
+            Delivery::Pending { next_ms: now_ms + policy.backoff_secs(tried) * 1000 }
         };
     }
 }

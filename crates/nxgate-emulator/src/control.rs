@@ -11,8 +11,9 @@
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+use crate::callbacks::Delivery;
 use crate::http::{Request, Response};
-use crate::state::{Delivery, OrderPhase, World};
+use crate::state::{OrderPhase, World};
 use crate::{Emulator, Misbehaviour};
 
 /// Where the control plane lives.
@@ -88,7 +89,7 @@ fn state_json(w: &World, time_scale: f64) -> Value {
                         "phase": phase,
                         "stopped": o.stopped,
                         "deleted": o.deleted,
-                        "calls": o.calls.iter().map(|c| crate::callbacks::call_detail(o, c)).collect::<Vec<_>>(),
+                        "calls": o.calls.iter().map(|c| crate::state::call_detail(o, c)).collect::<Vec<_>>(),
                     })
                 })
                 .collect();

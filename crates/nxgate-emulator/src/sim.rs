@@ -14,7 +14,8 @@
 use rand::Rng;
 use std::time::Instant;
 
-use crate::state::{call_status, task_status, Call, CallbackKind, Intent, OrderPhase, World};
+use crate::callbacks::{self, CallbackKind};
+use crate::state::{call_status, task_status, Call, Intent, OrderPhase, World};
 use crate::Emulator;
 
 /// Seconds an unanswered order waits before its redial round (`funcFlag.roundRedial`).
@@ -147,10 +148,10 @@ impl World {
             };
             let task = &self.tasks[key];
             let order = &task.orders[i];
-            let call_body = crate::callbacks::call_body(task, order);
+            let call_body = crate::state::call_body(task, order);
             let call_url = order.call_callback_url.clone();
             let order_url = order.order_callback_url.clone().or_else(|| task.order_callback_url.clone());
-            let order_body = done.then(|| crate::callbacks::order_body(task, order));
+            let order_body = done.then(|| crate::state::order_body(task, order));
             let uuid = task.uuid.clone();
             self.queue_callback(CallbackKind::Call, &uuid, call_url.as_deref(), call_body);
             if let Some(body) = order_body {
@@ -238,7 +239,7 @@ pub(crate) async fn advance_to(emu: &Emulator, target_ms: u64) {
         let due = {
             let w = emu.world();
             let model = w.next_event_ms();
-            let callback = crate::callbacks::next_due_ms(&w);
+            let callback = callbacks::next_due_ms(&w.callbacks);
             match (model, callback) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -252,10 +253,26 @@ pub(crate) async fn advance_to(emu: &Emulator, target_ms: u64) {
             }
             _ => break,
         }
-        crate::callbacks::deliver_due(emu).await;
+        deliver_due(emu).await;
     }
     let mut w = emu.world();
     w.now_ms = w.now_ms.max(target_ms);
+}
+
+/// Attempts every callback due now, one after another, in the order they were queued.
+async fn deliver_due(emu: &Emulator) {
+    let due = {
+        let w = emu.world();
+        callbacks::due(&w.callbacks, w.now_ms)
+    };
+    let policy = &emu.cfg.callback_retry;
+    for cb in due {
+        let secret = emu.cfg.tenants.get(&cb.uuid).map(|s| s.expose().to_vec()).unwrap_or_default();
+        let sent = callbacks::send(&cb, &secret, policy.timeout).await;
+        let mut w = emu.world();
+        let now = w.now_ms;
+        w.callbacks[(cb.id - 1) as usize].settle(sent, now, policy);
+    }
 }
 
 /// Follows the wall clock when `time_scale > 0`.

@@ -1,5 +1,6 @@
 //! What the emulator remembers: tasks by `(uuid, userTaskID)`, their orders and calls, the
-//! callbacks it sent, and a count of the requests it received.
+//! callbacks it sent, and a count of the requests it received; and the callback bodies
+//! (§5.2–5.4), rendered here from the model they describe (`callbacks` only delivers them).
 //!
 //! One `World` behind one mutex: every handler and the simulation step take it briefly
 //! and never across an `.await`, so the model is a plain single-threaded data structure and
@@ -11,6 +12,8 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
 use nxgate_testkit::refsign::Digest;
+
+use crate::callbacks::{CallbackKind, CallbackRecord, Delivery};
 
 /// Task status (§7.1).
 pub(crate) mod task_status {
@@ -215,60 +218,83 @@ fn rate(part: i64, whole: i64) -> f64 {
     }
 }
 
-/// Which of the three callbacks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CallbackKind {
-    Task,
-    Order,
-    Call,
+/// `callbackType` of taskCallback (§7.4: 1).
+const TASK_CALLBACK_TYPE: i64 = 1;
+/// `callbackType` of orderCallback: §7.4 says 2, the en table types it as a string.
+const ORDER_CALLBACK_TYPE: &str = "2";
+/// `callbackType` of callCallback: not documented; 3 is the next value (§7.4 "presumably").
+const CALL_CALLBACK_TYPE: i64 = 3;
+
+/// The taskCallback body (§5.2).
+pub(crate) fn task_body(task: &Task) -> Value {
+    json!({
+        "callbackType": TASK_CALLBACK_TYPE,
+        "userTaskID": task.user_task_id,
+        "taskID": task.task_id,
+        "sceneID": task.scene_id,
+        "taskStatus": task.status,
+        "createTs": task.create_ts,
+        "taskStat": task.stat(),
+    })
 }
 
-impl CallbackKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            CallbackKind::Task => "taskCallback",
-            CallbackKind::Order => "orderCallback",
-            CallbackKind::Call => "callCallback",
-        }
-    }
+/// The orderCallback body (§5.3), about the order's last call.
+pub(crate) fn order_body(task: &Task, order: &Order) -> Value {
+    let mut body = order_fields(task, order);
+    body["callbackType"] = json!(ORDER_CALLBACK_TYPE);
+    body
 }
 
-/// One delivery attempt of a callback.
-#[derive(Debug, Clone)]
-pub(crate) struct Attempt {
-    /// Simulated Unix ms of the attempt.
-    pub at_ms: u64,
-    /// The `createTs` header sent (wall-clock seconds).
-    pub create_ts: String,
-    pub status: Option<u16>,
-    pub error: Option<String>,
-    pub answer: String,
+/// The callCallback body (§5.4), about the call that just ended.
+pub(crate) fn call_body(task: &Task, order: &Order) -> Value {
+    let mut body = order_fields(task, order);
+    body["callbackType"] = json!(CALL_CALLBACK_TYPE);
+    body
 }
 
-/// Where a callback is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Delivery {
-    /// Waiting for its next attempt at this simulated time.
-    Pending { next_ms: u64 },
-    /// The receiver answered 2xx.
-    Delivered,
-    /// Every attempt failed.
-    GaveUp,
+fn order_fields(task: &Task, order: &Order) -> Value {
+    json!({
+        "orderID": order.order_id,
+        "userPhone": order.user_phone,
+        "userName": order.user_name,
+        "sceneID": task.scene_id,
+        "userTaskID": task.user_task_id,
+        "taskID": task.task_id,
+        "finish": order.finished(),
+        "other": order.other,
+        "callInfoDetail": order.last_call().map(|c| call_detail(order, c)).unwrap_or(Value::Null),
+    })
 }
 
-/// A callback the emulator made (and keeps for `/_emulator/state`).
-#[derive(Debug, Clone)]
-pub(crate) struct CallbackRecord {
-    pub id: u64,
-    pub kind: CallbackKind,
-    pub uuid: String,
-    pub url: String,
-    /// Kept for every retry: receivers de-duplicate on it.
-    pub request_id: String,
-    pub body: Vec<u8>,
-    pub digest: Digest,
-    pub attempts: Vec<Attempt>,
-    pub delivery: Delivery,
+/// The caller id and line every simulated call uses (en-only fields, placeholders).
+const CALLING_NUMBER: &str = "8610000000";
+const LINE_ADDRESS: &str = "127.0.0.1";
+
+/// One call in the shape of `callInfoDetail` / `callInfoDetailList[]` (§5.3, §4.13).
+/// Timestamps are Unix seconds (the vendor's unit is not stated; its `createTs` is seconds).
+pub(crate) fn call_detail(order: &Order, call: &Call) -> Value {
+    let secs = |ms: u64| ms / 1000;
+    let answered = call.answer_ms.is_some();
+    json!({
+        "callID": call.call_id,
+        "callingNumber": CALLING_NUMBER,
+        "lineAddress": LINE_ADDRESS,
+        "callStatus": call.status,
+        "callStartTs": secs(call.start_ms),
+        "callAnswerTs": call.answer_ms.map_or(0, secs),
+        "callEndTs": secs(call.end_ms),
+        "callDuration": call.duration_secs(),
+        "callAudioUrl": if answered { format!("http://emulator.invalid/audio/{}.wav", call.call_id) } else { String::new() },
+        "hangupCause": call.hangup_cause,
+        "termSipCode": call.term_sip_code,
+        "intents": call.intents.iter().map(|i| i.json()).collect::<Vec<_>>(),
+        "sms": [],
+        "agent": {
+            "agentName": "", "agentGroup": "", "agentCallStatus": 0, "agentCallElapsed": 0, "agentLabel": "",
+            "manualCallStart": 0, "manualCallAnswer": 0, "manualCallEnd": 0, "manualHangupBy": 0,
+        },
+        "params": order.params,
+    })
 }
 
 /// Requests received on the vendor surface (not `/_emulator/*`).
@@ -357,7 +383,7 @@ impl World {
             return;
         }
         task.status = status;
-        let body = crate::callbacks::task_body(task);
+        let body = task_body(task);
         let url = task.task_callback_url.clone();
         let uuid = task.uuid.clone();
         self.queue_callback(CallbackKind::Task, &uuid, url.as_deref(), body);

@@ -7,8 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::fields::{in_range, range_filter, Checked, Obj};
 use super::{fields_of, task_key};
-use crate::callbacks::call_detail;
-use crate::state::{call_status, Call, Order, Task, World};
+use crate::state::{call_detail, call_status, Call, Order, Task, World};
 
 /// Largest page `size` (not documented; the examples use 100).
 pub(crate) const MAX_PAGE_SIZE: i64 = 1_000;

@@ -1,4 +1,7 @@
 //! addBatchCall, importBatchCall, exportBatchCall, stopOrder (§4.6–4.9).
+//!
+//! Orders are added and deleted here only, for every endpoint that does either (createAndCall
+//! and mgrTaskStatus too): `tasks` calls in, this module never calls `tasks`.
 
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
@@ -6,7 +9,7 @@ use std::collections::HashSet;
 use super::fields::{Checked, Obj, VALUE};
 use super::{fields_of, task_key};
 use crate::auth::Refusal;
-use crate::state::{call_status, task_status, Batch, Order, OrderPhase, World};
+use crate::state::{call_status, task_status, Batch, Order, OrderPhase, Task, World};
 
 /// Largest `callList` of addBatchCall and createAndCall. Not documented (§6); 4001 beyond.
 pub(crate) const MAX_CALL_LIST: usize = 1_000;
@@ -113,6 +116,25 @@ pub(crate) fn insert_orders(w: &mut World, key: &(String, String), batch: NewBat
     ids
 }
 
+/// `delCall` (§7.3): absent or 0 keeps, 1 deletes not-yet-dialled numbers.
+pub(crate) fn read_del_call(body: &Obj<'_>) -> Checked<bool> {
+    match body.opt_int("delCall")? {
+        None | Some(0) => Ok(false),
+        Some(1) => Ok(true),
+        Some(_) => Err(body.bad("delCall", "must be 0 or 1")),
+    }
+}
+
+/// Deletes the orders never dialled (all of the task's, or only those in `only`).
+pub(crate) fn delete_undialled(task: &mut Task, only: Option<&[&str]>) {
+    for order in &mut task.orders {
+        let selected = only.is_none_or(|ids| ids.contains(&order.order_id.as_str()));
+        if selected && order.calls.is_empty() && matches!(order.phase, OrderPhase::Waiting { .. }) {
+            order.deleted = true;
+        }
+    }
+}
+
 /// addBatchCall (`import == false`) and importBatchCall (`import == true`): orders added to
 /// a task that is not finished. importBatchCall also records a batch and answers its
 /// `batchID` (for exportBatchCall); addBatchCall answers the envelope only (neither
@@ -175,7 +197,7 @@ pub(crate) fn stop_order(w: &mut World, uuid: &str, body: &Obj<'_>) -> Checked<M
     if ids.is_empty() {
         return Err(body.bad("orderIDs", "must not be empty"));
     }
-    let del_call = super::tasks::read_del_call(body)?;
+    let del_call = read_del_call(body)?;
     let task = w.tasks.get_mut(&key).expect("checked");
     let mut errors = Vec::new();
     let mut stopped = 0;
@@ -195,7 +217,7 @@ pub(crate) fn stop_order(w: &mut World, uuid: &str, body: &Obj<'_>) -> Checked<M
         }
     }
     if del_call {
-        super::tasks::delete_undialled(task, Some(&ids));
+        delete_undialled(task, Some(&ids));
     }
     Ok(fields_of(json!({ "totalCount": ids.len(), "successCount": stopped, "errList": errors })))
 }

@@ -7,7 +7,7 @@ use super::fields::{Checked, Obj, VALUE};
 use super::{fields_of, orders, task_key};
 use crate::auth::Refusal;
 use crate::sim::{DEFAULT_MAX_CALL, DEFAULT_RING_SECS};
-use crate::state::{task_status, OrderPhase, Task, World};
+use crate::state::{task_status, Task, World};
 
 /// Largest `maxCall` accepted (the vendor documents none; a bound keeps the model small).
 const MAX_CONCURRENT_CALLS: i64 = 1_000;
@@ -175,7 +175,7 @@ pub(crate) fn mgr_task_status(w: &mut World, uuid: &str, body: &Obj<'_>) -> Chec
     if ![START, PAUSE, FINISH].contains(&op) {
         return Err(body.bad("taskOperate", "must be 1 (start), 2 (pause) or 3 (finish)"));
     }
-    let del_call = read_del_call(body)?;
+    let del_call = orders::read_del_call(body)?;
     let current = w.tasks[&key].status;
     if current == task_status::COMPLETED || current == task_status::FAILED {
         return Err(Refusal::new(VALUE, "the task is already finished"));
@@ -186,30 +186,11 @@ pub(crate) fn mgr_task_status(w: &mut World, uuid: &str, body: &Obj<'_>) -> Chec
         _ => task_status::COMPLETED,
     };
     if del_call {
-        delete_undialled(w.tasks.get_mut(&key).expect("checked"), None);
+        orders::delete_undialled(w.tasks.get_mut(&key).expect("checked"), None);
     }
     w.set_task_status(&key, next);
     let task = &w.tasks[&key];
     Ok(fields_of(json!({ "taskID": task.task_id, "taskStatus": task.status })))
-}
-
-/// `delCall` (§7.3): absent or 0 keeps, 1 deletes not-yet-dialled numbers.
-pub(crate) fn read_del_call(body: &Obj<'_>) -> Checked<bool> {
-    match body.opt_int("delCall")? {
-        None | Some(0) => Ok(false),
-        Some(1) => Ok(true),
-        Some(_) => Err(body.bad("delCall", "must be 0 or 1")),
-    }
-}
-
-/// Deletes the orders never dialled (all of the task's, or only those in `only`).
-pub(crate) fn delete_undialled(task: &mut Task, only: Option<&[&str]>) {
-    for order in &mut task.orders {
-        let selected = only.is_none_or(|ids| ids.contains(&order.order_id.as_str()));
-        if selected && order.calls.is_empty() && matches!(order.phase, OrderPhase::Waiting { .. }) {
-            order.deleted = true;
-        }
-    }
 }
 
 /// updateTask: only a pending (1) or paused (5) task; replaces `taskCreateSetting` and/or
