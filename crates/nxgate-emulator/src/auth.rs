@@ -99,42 +99,66 @@ pub(crate) fn answer_signature(
     uuid: &str,
     digest: Digest,
 ) -> (Vec<(&'static str, String)>, Delivery) {
-    let now = crate::wall_secs();
-    let other_id;
-    let other_uuid;
-    let (mut request_id, mut uuid, mut ts, mut digest) = (request_id, uuid, now, digest);
+    let mut stamp = Stamp { request_id: request_id.to_owned(), uuid: uuid.to_owned(), ts: crate::wall_secs(), digest };
     match fault {
-        Some(Fault::WrongRequestId) => {
-            other_id = format!("{:032x}", rand::random::<u128>());
-            request_id = &other_id;
-        }
-        Some(Fault::WrongUuid) => {
-            other_uuid = format!("{uuid}x");
-            uuid = &other_uuid;
-        }
-        Some(Fault::StaleTs) => ts = now - STALE_FAULT_AGE_SECS,
-        Some(Fault::Downgrade) => {
-            digest = if digest == Digest::Sha256 { Digest::Md5 } else { Digest::Sha256 };
-        }
+        Some(Fault::WrongRequestId) => wrong_request_id(&mut stamp),
+        Some(Fault::WrongUuid) => wrong_uuid(&mut stamp),
+        Some(Fault::StaleTs) => stale_ts(&mut stamp),
+        Some(Fault::Downgrade) => downgrade(&mut stamp),
         _ => {}
     }
-    let ts = ts.to_string();
-    let mut sign = refsign::sign(digest, secret.expose(), signed_body, &ts, request_id, uuid);
+    let ts = stamp.ts.to_string();
+    let mut sign = refsign::sign(stamp.digest, secret.expose(), signed_body, &ts, &stamp.request_id, &stamp.uuid);
     if fault == Some(Fault::BadSign) {
-        // Flip one hex digit: same length, wrong value.
-        let last = if sign.ends_with('0') { "1" } else { "0" };
-        sign.replace_range(sign.len() - 1.., last);
+        bad_sign(&mut sign);
     }
-    let mut headers =
-        vec![(header::REQUEST_ID, request_id.to_owned()), (header::UUID, uuid.to_owned()), (header::CREATE_TS, ts)];
+    let mut headers = vec![(header::REQUEST_ID, stamp.request_id), (header::UUID, stamp.uuid), (header::CREATE_TS, ts)];
     if fault != Some(Fault::MissingSign) {
         headers.push((header::SIGN, sign));
     }
-    headers.push((header::ALGORITHM, digest.name().to_owned()));
-    let delivery = match fault {
+    headers.push((header::ALGORITHM, stamp.digest.name().to_owned()));
+    (headers, delivery(fault))
+}
+
+/// What an answer's signature headers state, before the sign is computed over them.
+struct Stamp {
+    request_id: String,
+    uuid: String,
+    ts: u64,
+    digest: Digest,
+}
+
+/// `wrong_request_id`: a validly signed answer carrying another requestID.
+fn wrong_request_id(stamp: &mut Stamp) {
+    stamp.request_id = format!("{:032x}", rand::random::<u128>());
+}
+
+/// `wrong_uuid`: a validly signed answer carrying another uuid.
+fn wrong_uuid(stamp: &mut Stamp) {
+    stamp.uuid.push('x');
+}
+
+/// `stale_ts`: a validly signed answer with a createTs an hour old.
+fn stale_ts(stamp: &mut Stamp) {
+    stamp.ts -= STALE_FAULT_AGE_SECS;
+}
+
+/// `downgrade`: signed with the other algorithm (MD5 for a SHA256 request).
+fn downgrade(stamp: &mut Stamp) {
+    stamp.digest = if stamp.digest == Digest::Sha256 { Digest::Md5 } else { Digest::Sha256 };
+}
+
+/// `bad_sign`: one hex digit flipped, so the sign keeps its length and loses its value.
+fn bad_sign(sign: &mut String) {
+    let last = if sign.ends_with('0') { "1" } else { "0" };
+    sign.replace_range(sign.len() - 1.., last);
+}
+
+/// `reset` and `truncated` cut the answer off mid-body; every other answer goes out whole.
+fn delivery(fault: Option<Fault>) -> Delivery {
+    match fault {
         Some(Fault::Reset) => Delivery::HalfThenReset,
         Some(Fault::Truncated) => Delivery::HalfThenClose,
         _ => Delivery::Whole,
-    };
-    (headers, delivery)
+    }
 }

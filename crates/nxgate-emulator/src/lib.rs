@@ -307,7 +307,6 @@ async fn respond(emu: &Arc<Emulator>, req: &Request) -> Response {
     }
     let seen = describe(req, MAX_RECORDED_BODY_BYTES);
     emu.world().requests.count(&route, seen);
-
     let fault = match req.header_str(FAULT_HEADER) {
         Some(name) => match name.parse::<Misbehaviour>() {
             Ok(f) => Some(f),
@@ -315,84 +314,147 @@ async fn respond(emu: &Arc<Emulator>, req: &Request) -> Response {
         },
         None => emu.standing_fault(),
     };
-    let defect = fault.and_then(Misbehaviour::defect);
-    let request_id = req.header_str(header::REQUEST_ID).unwrap_or("").to_owned();
-    let uuid = req.header_str(header::UUID).unwrap_or("").to_owned();
-    let digest = auth::request_digest(req).unwrap_or(Digest::Md5);
-    let endpoint = Endpoint::from_route(&route);
-    let family = match endpoint {
-        None | Some(Endpoint::Ping) => Family::Code,
-        Some(_) => Family::RetCode,
-    };
-
-    if defect == Some(Fault::Slow) {
-        let ms = req.header_str(DELAY_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SLOW_MS);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    let x = Exchange::new(req, &route, fault);
+    // Before the signature check: a broken or rate-limiting front stalls or answers without
+    // looking at the request.
+    match fault {
+        Some(Misbehaviour::Defect(Fault::Slow)) => slow(req).await,
+        Some(Misbehaviour::Defect(Fault::Garbage)) => return garbage(),
+        Some(Misbehaviour::Defect(Fault::Unsigned500)) => return unsigned_500(&x),
+        Some(Misbehaviour::Vendor(VendorFault::Http429)) => return http_429(&x),
+        _ => {}
     }
-    if defect == Some(Fault::Garbage) {
-        return Response {
-            status: 0,
-            headers: vec![],
-            body: b"NOT HTTP AT ALL\r\n\r\n".to_vec(),
-            delivery: Delivery::Garbage,
+    let body = Body::read(req, x.endpoint);
+    let answer = match verify(emu, req, &body) {
+        Err(r) => refusal_body(x.family, &r, &x.request_id),
+        Ok(()) => match fault {
+            Some(Misbehaviour::Vendor(VendorFault::Busy)) => busy(&x),
+            Some(Misbehaviour::Vendor(VendorFault::Maintenance)) => maintenance(&x),
+            Some(Misbehaviour::Defect(Fault::Oversized)) => oversized(&x),
+            _ => regular(emu, &x, body),
+        },
+    };
+    // The remaining defects (bad_sign, missing_sign, reset, ...) are in how the answer is signed and sent.
+    signed(emu, &x, answer)
+}
+
+/// What the answer to one request depends on besides its body, read once from its headers.
+struct Exchange<'a> {
+    req: &'a Request,
+    endpoint: Option<Endpoint>,
+    family: Family,
+    request_id: String,
+    uuid: String,
+    digest: Digest,
+    fault: Option<Misbehaviour>,
+}
+
+impl<'a> Exchange<'a> {
+    fn new(req: &'a Request, route: &str, fault: Option<Misbehaviour>) -> Self {
+        let endpoint = Endpoint::from_route(route);
+        Exchange {
+            req,
+            endpoint,
+            family: match endpoint {
+                None | Some(Endpoint::Ping) => Family::Code,
+                Some(_) => Family::RetCode,
+            },
+            request_id: req.header_str(header::REQUEST_ID).unwrap_or("").to_owned(),
+            uuid: req.header_str(header::UUID).unwrap_or("").to_owned(),
+            digest: auth::request_digest(req).unwrap_or(Digest::Md5),
+            fault,
+        }
+    }
+}
+
+/// `slow`: waits `x-emulator-delay-ms`, then answers as if nothing happened.
+async fn slow(req: &Request) {
+    let ms = req.header_str(DELAY_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SLOW_MS);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// `garbage`: bytes that are not an HTTP response.
+fn garbage() -> Response {
+    Response { status: 0, headers: vec![], body: b"NOT HTTP AT ALL\r\n\r\n".to_vec(), delivery: Delivery::Garbage }
+}
+
+/// `unsigned_500`: a 500 with a `code` body and no signature headers.
+fn unsigned_500(x: &Exchange<'_>) -> Response {
+    Response::json(500, envelope(Family::Code, 500, "internal error", &x.request_id, Default::default()))
+}
+
+/// `http_429`: 429 with `Retry-After` and an unsigned `7` body.
+fn http_429(x: &Exchange<'_>) -> Response {
+    let secs = x.req.header_str(RETRY_AFTER_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_RETRY_AFTER_SECS);
+    let mut resp =
+        Response::json(429, envelope(x.family, BUSY_CODE, "too many requests", &x.request_id, Default::default()));
+    resp.headers.push(("retry-after", secs.to_string()));
+    resp
+}
+
+/// `busy`: a `7` body, signed like any answer.
+fn busy(x: &Exchange<'_>) -> Vec<u8> {
+    envelope(x.family, BUSY_CODE, "system busy", &x.request_id, Default::default())
+}
+
+/// `maintenance`: a `5` body, signed like any answer.
+fn maintenance(x: &Exchange<'_>) -> Vec<u8> {
+    envelope(x.family, MAINTENANCE_CODE, "server under maintenance", &x.request_id, Default::default())
+}
+
+/// `oversized`: a success whose `data` is `x-emulator-size` bytes.
+fn oversized(x: &Exchange<'_>) -> Vec<u8> {
+    let size = x.req.header_str(SIZE_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_OVERSIZE_BYTES);
+    let data = serde_json::Map::from_iter([("data".to_owned(), Value::String("x".repeat(size)))]);
+    envelope(Family::Code, 0, "success", &x.request_id, data)
+}
+
+/// A request body: whether it says gzip, and its decoding when the endpoint takes gzip.
+struct Body {
+    gzipped: bool,
+    decoded: Option<Result<Vec<u8>, Refusal>>,
+}
+
+impl Body {
+    fn read(req: &Request, endpoint: Option<Endpoint>) -> Body {
+        let gzipped = req.header_str("content-encoding").is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+        let decoded = match (gzipped, endpoint) {
+            (true, Some(e)) if e.takes_gzip_body() => Some(gunzip(&req.body)),
+            _ => None,
         };
+        Body { gzipped, decoded }
     }
-    if defect == Some(Fault::Unsigned500) {
-        return Response::json(500, envelope(Family::Code, 500, "internal error", &request_id, Default::default()));
-    }
-    if fault == Some(Misbehaviour::Vendor(VendorFault::Http429)) {
-        let secs = req.header_str(RETRY_AFTER_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_RETRY_AFTER_SECS);
-        let mut resp =
-            Response::json(429, envelope(family, BUSY_CODE, "too many requests", &request_id, Default::default()));
-        resp.headers.push(("retry-after", secs.to_string()));
-        return resp;
-    }
+}
 
-    // The bytes the sign covers and the bytes the endpoint reads.
-    let gzipped = req.header_str("content-encoding").is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    let decoded = match (gzipped, endpoint) {
-        (true, Some(e)) if e.takes_gzip_body() => Some(gunzip(&req.body)),
-        _ => None,
-    };
-    let signed_in: &[u8] = match (&decoded, emu.cfg.gzip_sign) {
-        (Some(Ok(d)), GzipSign::Decoded) => d,
-        _ => &req.body,
-    };
-
-    let verdict = match (&decoded, emu.cfg.gzip_sign) {
+/// The request's signature check, over the bytes `--gzip-sign` says its sign covers.
+fn verify(emu: &Emulator, req: &Request, body: &Body) -> Result<(), Refusal> {
+    match (&body.decoded, emu.cfg.gzip_sign) {
         // The sign covers decoded bytes that do not exist: the body's format is the error.
         (Some(Err(r)), GzipSign::Decoded) => Err(r.clone()),
         _ if emu.cfg.skip_request_verification => Ok(()),
-        _ => auth::check(&emu.cfg.tenants, req, signed_in),
-    };
-    let mut body = match verdict {
-        Err(r) => refusal_body(family, &r, &request_id),
-        Ok(()) => match fault {
-            Some(Misbehaviour::Vendor(VendorFault::Busy)) => {
-                envelope(family, BUSY_CODE, "system busy", &request_id, Default::default())
-            }
-            Some(Misbehaviour::Vendor(VendorFault::Maintenance)) => {
-                envelope(family, MAINTENANCE_CODE, "server under maintenance", &request_id, Default::default())
-            }
-            _ if defect == Some(Fault::Oversized) => {
-                let size = req.header_str(SIZE_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_OVERSIZE_BYTES);
-                let data = serde_json::Map::from_iter([("data".to_owned(), Value::String("x".repeat(size)))]);
-                envelope(Family::Code, 0, "success", &request_id, data)
-            }
-            _ => match endpoint {
-                None => {
-                    let data = serde_json::Map::from_iter([("data".to_owned(), echo(req))]);
-                    envelope(Family::Code, 0, "echo", &request_id, data)
-                }
-                Some(e) => answer(emu, e, family, req, &uuid, &request_id, gzipped, decoded),
-            },
-        },
-    };
+        (Some(Ok(d)), GzipSign::Decoded) => auth::check(&emu.cfg.tenants, req, d),
+        _ => auth::check(&emu.cfg.tenants, req, &req.body),
+    }
+}
 
+/// The answer no fault replaced: the endpoint's, or the echo off the documented paths.
+fn regular(emu: &Emulator, x: &Exchange<'_>, body: Body) -> Vec<u8> {
+    match x.endpoint {
+        None => {
+            let data = serde_json::Map::from_iter([("data".to_owned(), echo(x.req))]);
+            envelope(Family::Code, 0, "echo", &x.request_id, data)
+        }
+        Some(e) => answer(emu, e, x.family, x.req, &x.uuid, &x.request_id, body.gzipped, body.decoded),
+    }
+}
+
+/// The answer gzipped where the endpoint and the request allow it, and signed for a known
+/// account, with the signature and delivery defects applied (`auth::answer_signature`).
+fn signed(emu: &Emulator, x: &Exchange<'_>, mut body: Vec<u8>) -> Response {
     let mut resp = Response::json(200, Vec::new());
     // With `--gzip-sign decoded`, a gzip answer's sign covers the bytes before compression.
     let mut decoded_answer = None;
-    if endpoint.is_some_and(Endpoint::may_gzip_answer) && req.accepts_gzip() {
+    if x.endpoint.is_some_and(Endpoint::may_gzip_answer) && x.req.accepts_gzip() {
         let wire = gzip(&body);
         if emu.cfg.gzip_sign == GzipSign::Decoded {
             decoded_answer = Some(std::mem::take(&mut body));
@@ -401,9 +463,10 @@ async fn respond(emu: &Arc<Emulator>, req: &Request) -> Response {
         resp.headers.push(("content-encoding", "gzip".into()));
     }
     // An unknown account cannot be signed for; its refusal goes out unsigned.
-    if let Some(secret) = emu.cfg.tenants.get(&uuid) {
+    if let Some(secret) = emu.cfg.tenants.get(&x.uuid) {
         let signed = decoded_answer.as_deref().unwrap_or(&body);
-        let (headers, delivery) = auth::answer_signature(signed, secret, defect, &request_id, &uuid, digest);
+        let defect = x.fault.and_then(Misbehaviour::defect);
+        let (headers, delivery) = auth::answer_signature(signed, secret, defect, &x.request_id, &x.uuid, x.digest);
         resp.headers.extend(headers);
         resp.delivery = delivery;
     }
