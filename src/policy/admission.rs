@@ -147,8 +147,8 @@ struct TenantAdmission {
     local: Option<Arc<LocalLimiter>>,
     max_in_flight: Option<u32>,
     in_flight: Arc<InFlightCounter>,
-    /// Redis key: one budget per NXCloud account, shared by every replica.
-    redis_key: String,
+    /// NXCloud account: one Redis budget per account, shared by every replica.
+    uuid: String,
 }
 
 /// Per-tenant admission for one config generation.
@@ -166,11 +166,8 @@ impl Admission {
         let redis = match backend.kind {
             RateLimitKind::Local => None,
             RateLimitKind::Redis => Some(match previous.and_then(|p| p.redis.as_ref()) {
-                Some(r) if r.url() == &backend.redis_url => r.clone(),
-                _ => Arc::new(RedisGcra::new(
-                    backend.redis_url.clone(),
-                    metrics.as_ref().map(|m| m.backend_errors.clone()),
-                )),
+                Some(r) if r.config() == &config.redis => r.clone(),
+                _ => Arc::new(RedisGcra::new(config.redis.clone(), metrics.as_ref().map(|m| m.redis_metrics()))),
             }),
         };
         let tenants = config
@@ -191,7 +188,7 @@ impl Admission {
             local,
             max_in_flight: t.max_in_flight,
             in_flight: previous.map(|p| p.in_flight.clone()).unwrap_or_default(),
-            redis_key: format!("nxgate:ratelimit:{}", t.uuid),
+            uuid: t.uuid.clone(),
         }
     }
 
@@ -207,7 +204,7 @@ impl Admission {
         let (Some(limit), Some(local)) = (t.limit, t.local.as_ref()) else { return RateDecision::Allowed(None) };
         let Some(redis) = &self.redis else { return local.check() };
         // Boxed: only the Redis backend pays for its client's large future.
-        match Box::pin(redis.check(&t.redis_key, limit)).await {
+        match Box::pin(redis.check(&t.uuid, limit)).await {
             Ok(decision) => decision,
             Err(BackendUnavailable) => match self.on_redis_error {
                 OnRedisError::LocalFallback => local.check(),

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::admission::{RateDecision, RateState};
+use crate::net::redis::RedisMetrics;
 use crate::net::redis::{BackendUnavailable, RedisLink};
-use nxgate_core::config::RateLimit;
-use nxgate_core::secret::Secret;
+use nxgate_core::config::{RateLimit, RedisConfig};
 
-/// GCRA step. KEYS[1]: tenant key. ARGV[1]: emission interval T (µs). ARGV[2]: burst.
+/// GCRA step (also loaded by `nxgate check --probe`). KEYS[1]: tenant key. ARGV[1]: emission interval T (µs). ARGV[2]: burst.
 /// Returns {admitted (0/1), retry_after_us, remaining, reset_us}.
-const GCRA: &str = r#"
+pub const GCRA: &str = r#"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -32,31 +32,30 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(tolerance / 1000) + 1000)
 return {1, 0, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now}
 "#;
 
-/// The Redis backend of one `redis_url`.
+/// The Redis backend of one `redis:` config.
 pub struct RedisGcra {
     link: Arc<RedisLink>,
     script: redis::Script,
 }
 
 impl RedisGcra {
-    /// A backend for `url`; connects lazily, in the background.
-    pub fn new(url: Secret, errors: Option<prometheus::IntCounter>) -> Self {
-        RedisGcra {
-            link: Arc::new(RedisLink::new(url, "rate-limit backend", errors)),
-            script: redis::Script::new(GCRA),
-        }
+    /// A backend for `config`; connects in the background.
+    pub fn new(config: RedisConfig, metrics: Option<RedisMetrics>) -> Self {
+        RedisGcra { link: RedisLink::new(config, "rate-limit backend", metrics), script: redis::Script::new(GCRA) }
     }
 
-    /// The URL this backend talks to (it may hold a password: never log it).
-    pub fn url(&self) -> &Secret {
-        self.link.url()
+    /// The config this backend talks to (a reload keeps the backend if it is unchanged).
+    pub fn config(&self) -> &RedisConfig {
+        self.link.config()
     }
 
-    /// One GCRA step for `key`; `Err` when Redis did not answer in time.
-    pub async fn check(self: &Arc<Self>, key: &str, limit: RateLimit) -> Result<RateDecision, BackendUnavailable> {
+    /// One GCRA step for the tenant of `uuid`; `Err` when Redis did not answer in time.
+    pub async fn check(self: &Arc<Self>, uuid: &str, limit: RateLimit) -> Result<RateDecision, BackendUnavailable> {
+        // One key per NXCloud account, shared by every replica (hash-tagged with Cluster).
+        let key = format!("nxgate:ratelimit:{}", self.link.tenant_tag(uuid));
         let mut conn = self.link.connection().await?;
         let interval_us = 1_000_000u64 / u64::from(limit.per_second);
-        let mut invocation = self.script.key(key);
+        let mut invocation = self.script.key(&key);
         invocation.arg(interval_us.max(1)).arg(limit.burst);
         let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn);
         let (admitted, retry_us, remaining, reset_us) = self.link.bounded(call).await?;

@@ -52,7 +52,7 @@ impl Generation {
         let callbacks = CallbackRuntime::new(
             &config,
             previous.and_then(|p| p.callbacks.as_ref()),
-            metrics.as_ref().map(|m| &m.backend_errors),
+            metrics.as_ref().map(|m| m.redis_metrics()),
         );
         let admission = Admission::new(&config, previous.map(|p| &p.admission), metrics);
         let answers = Answers::new(&config, previous.map(|p| &p.answers));
