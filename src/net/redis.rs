@@ -290,8 +290,12 @@ impl RedisLink {
                     Some(conn) => conn,
                     None => {
                         let known = self.last_connect_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        let (reason, why) = known.unwrap_or((RedisFailure::Timeout, "not connected yet".into()));
-                        return Err(self.failed(reason, &why, true));
+                        return Err(match known {
+                            Some((reason, why)) => self.failed(reason, &why, true),
+                            // The first attempt has not failed yet: open the breaker, and
+                            // leave the outage line to that attempt, which knows the reason.
+                            None => self.not_yet(),
+                        });
                     }
                 }
             }
@@ -356,6 +360,15 @@ impl RedisLink {
                 "{} (Redis) unavailable; applying its fallback until it is back",
                 self.purpose
             );
+        }
+        BackendUnavailable
+    }
+
+    /// A call that found no connection before any connect attempt failed.
+    fn not_yet(&self) -> BackendUnavailable {
+        self.retry_at_ms.store(now_ms() + RECONNECT_PAUSE.as_millis() as u64, Ordering::Release);
+        if let Some(m) = &self.metrics {
+            m.call_errors.inc();
         }
         BackendUnavailable
     }
@@ -462,8 +475,16 @@ fn node_addr(config: &RedisConfig, node: &str) -> RedisResult<redis::ConnectionA
     })
 }
 
-/// Opens one connection of the configured shape; calls on it are limited to `timeout`.
+/// Opens one connection of the configured shape and checks it answers (a connect without
+/// credentials succeeds where they are required: the PING shows NOAUTH); calls on it are
+/// limited to `timeout`.
 pub async fn connect(config: &RedisConfig, timeout: Duration) -> RedisResult<RedisConnection> {
+    let mut conn = open(config, timeout).await?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(conn)
+}
+
+async fn open(config: &RedisConfig, timeout: Duration) -> RedisResult<RedisConnection> {
     let url = url_text(config)?;
     match &config.topology {
         RedisTopology::Single => {
@@ -572,8 +593,6 @@ async fn probe_step<T>(call: impl std::future::Future<Output = RedisResult<T>>) 
 /// cluster is healthy) and loads `scripts`; says what it found, never the password.
 pub async fn probe(config: &RedisConfig, scripts: &[&str]) -> Result<String, ProbeFailure> {
     let mut conn = probe_step(connect(config, PROBE_TIMEOUT)).await?;
-    // A connect without credentials succeeds even where they are required; a command shows it.
-    let _: String = probe_step(redis::cmd("PING").query_async(&mut conn)).await?;
     let shape = match &conn {
         RedisConnection::Cluster(_) => {
             let info: String = probe_step(redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn)).await?;
