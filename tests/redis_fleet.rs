@@ -369,9 +369,11 @@ fn a_sentinel_failover_is_followed_without_a_restart_and_no_callback_is_delivere
         cli(sentinels[0].port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "fleet"]).contains(&replica.port.to_string())
     })
     .expect("the Sentinels did not promote the replica within 20 s");
+    // Both links of the gateway (rate limits: deny answers 429 while Redis is away;
+    // replay memory: 503) are on the new master.
     let followed = within(Duration::from_secs(20), || {
         let b = body("during");
-        send(one.callbacks[0], &signed(true, &b, &rid()), &b).status == 200
+        send(one.callbacks[0], &signed(true, &b, &rid()), &b).status == 200 && one.ping_a(&[], "during").status == 200
     })
     .expect("the gateway did not follow the failover within 20 s");
     let (promoted_at, followed_at) = (promoted, promoted + followed);
@@ -385,7 +387,7 @@ fn a_sentinel_failover_is_followed_without_a_restart_and_no_callback_is_delivere
     // before the failover is a duplicate now.
     assert!(within(Duration::from_secs(5), || {
         let b = body("two");
-        send(two.callbacks[0], &signed(true, &b, &rid()), &b).status == 200
+        send(two.callbacks[0], &signed(true, &b, &rid()), &b).status == 200 && two.ping_a(&[], "two").status == 200
     })
     .is_some());
     one_limit_across([&one, &two], KEY_B);

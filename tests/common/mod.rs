@@ -599,7 +599,9 @@ impl RedisServer {
                 );
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
-                if std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Ready to accept connections")) {
+                // A server says it is ready; a Sentinel, that it monitors its master.
+                let ready = |l: String| l.contains("Ready to accept connections") || l.contains("+monitor master");
+                if std::fs::read_to_string(&log).is_ok_and(ready) {
                     return RedisServer { port, child, _dir: dir, closed: None };
                 }
                 if child.try_wait().unwrap().is_some() {
