@@ -420,30 +420,46 @@ fn connect_timeout(timeout: Duration) -> Duration {
     (timeout * 5).max(Duration::from_millis(500))
 }
 
-/// The TLS roots for `rediss://`: the system's plus `ca_file`'s, or `None` for the crate's
-/// default (the system's alone).
+/// The platform's trust roots as one PEM bundle, read once (a connect is retried every
+/// 500 ms while Redis is down; the roots do not change that fast).
+fn system_roots_pem() -> &'static [u8] {
+    static PEM: OnceLock<Vec<u8>> = OnceLock::new();
+    PEM.get_or_init(|| {
+        use base64::Engine;
+        let mut pem = Vec::new();
+        match pingora::tls::load_native_certs() {
+            Ok(native) => {
+                // The crate refuses the whole bundle over one certificate rustls cannot
+                // take as a root: drop such platform roots instead.
+                let usable = |c: &pingora::tls::CertificateDer<'static>| {
+                    tokio_rustls::rustls::RootCertStore::empty().add(c.clone()).is_ok()
+                };
+                for cert in native.into_iter().filter(usable) {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+                    pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+                    for line in b64.as_bytes().chunks(64) {
+                        pem.extend_from_slice(line);
+                        pem.push(b'\n');
+                    }
+                    pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load the system trust roots; only redis.ca_file is trusted"),
+        }
+        pem
+    })
+}
+
+/// The TLS roots for `rediss://`: the system's plus `ca_file`'s. Always given (never the
+/// crate's own loading), so the roots are read once and one unreadable system certificate
+/// is skipped rather than failing every connect.
 fn tls_certificates(config: &RedisConfig) -> Option<redis::TlsCertificates> {
-    if !config.tls || config.extra_roots_pem.is_empty() {
+    if !config.tls {
         return None;
     }
     // The crate takes one PEM bundle that replaces the system roots, so the bundle is the
     // system roots followed by ca_file: ca_file adds to them, as upstream.ca_file does.
-    let mut pem = Vec::new();
-    match pingora::tls::load_native_certs() {
-        Ok(native) => {
-            use base64::Engine;
-            for cert in native {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-                pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-                for line in b64.as_bytes().chunks(64) {
-                    pem.extend_from_slice(line);
-                    pem.push(b'\n');
-                }
-                pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot load the system trust roots; only redis.ca_file is trusted"),
-    }
+    let mut pem = system_roots_pem().to_vec();
     pem.extend_from_slice(&config.extra_roots_pem);
     Some(redis::TlsCertificates { client_tls: None, root_cert: Some(pem) })
 }
