@@ -348,12 +348,7 @@ impl RedisLink {
             m.errors.with_label_values(&[reason.as_str()]).inc();
             m.up.set(0);
         }
-        let started = !self.outage.swap(true, Ordering::AcqRel);
-        let last = self.outage_logged_ms.load(Ordering::Acquire);
-        let due = now.saturating_sub(last) >= OUTAGE_LOG_EVERY.as_millis() as u64;
-        if (started || due)
-            && self.outage_logged_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        {
+        if self.outage_line_due(now) {
             tracing::warn!(
                 why,
                 reason = reason.as_str(),
@@ -362,6 +357,16 @@ impl RedisLink {
             );
         }
         BackendUnavailable
+    }
+
+    /// Whether a failure at `now` is to be logged: the first of an outage, then one a
+    /// minute (of concurrent failures, one logs).
+    fn outage_line_due(&self, now: u64) -> bool {
+        let started = !self.outage.swap(true, Ordering::AcqRel);
+        let last = self.outage_logged_ms.load(Ordering::Acquire);
+        let due = now.saturating_sub(last) >= OUTAGE_LOG_EVERY.as_millis() as u64;
+        (started || due)
+            && self.outage_logged_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// A call that found no connection before any connect attempt failed.
@@ -635,4 +640,49 @@ pub async fn probe(config: &RedisConfig, scripts: &[&str]) -> Result<String, Pro
         let _: Value = probe_step(redis::cmd("SCRIPT").arg("LOAD").arg(*script).query_async(&mut conn)).await?;
     }
     Ok(format!("{shape}, {} scripts loaded", scripts.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Arc<RedisLink> {
+        // No runtime here, so nothing connects.
+        RedisLink::new(RedisConfig::default(), "test", None)
+    }
+
+    #[test]
+    fn an_outage_is_logged_when_it_starts_then_once_a_minute_and_again_after_a_recovery() {
+        let l = link();
+        let logged: Vec<bool> = [1_000, 1_500, 30_000, 60_999].iter().map(|t| l.outage_line_due(*t)).collect();
+        assert_eq!(logged, [true, false, false, false]);
+        assert!(l.outage_line_due(61_000), "a minute after the last line");
+        assert!(!l.outage_line_due(61_500));
+        l.recovered();
+        assert!(l.outage_line_due(62_000), "a new outage is logged at once");
+    }
+
+    #[test]
+    fn errors_are_told_in_an_operators_words() {
+        let io = |kind, msg: &str| RedisError::from(std::io::Error::new(kind, msg.to_owned()));
+        let server = |code: &str, detail: &str| redis::make_extension_error(code.to_owned(), Some(detail.to_owned()));
+        let cases = [
+            (io(std::io::ErrorKind::ConnectionRefused, "Connection refused"), RedisFailure::Refused),
+            (io(std::io::ErrorKind::InvalidData, "invalid peer certificate: UnknownIssuer"), RedisFailure::Tls),
+            (io(std::io::ErrorKind::ConnectionReset, "Connection reset by peer"), RedisFailure::Closed),
+            (io(std::io::ErrorKind::TimedOut, "timed out"), RedisFailure::Timeout),
+            (server("NOAUTH", "Authentication required."), RedisFailure::Noauth),
+            (server("WRONGPASS", "invalid username-password pair"), RedisFailure::Auth),
+            (server("READONLY", "You can't write against a read only replica."), RedisFailure::NotMaster),
+            (server("ERR", "DB index is out of range"), RedisFailure::Database),
+        ];
+        for (e, want) in cases {
+            assert_eq!(classify(&e).0, want, "{e}");
+        }
+        assert!(classify(&io(std::io::ErrorKind::InvalidData, "invalid peer certificate: UnknownIssuer"))
+            .1
+            .starts_with("TLS: unknown CA"));
+        let labels: std::collections::HashSet<_> = RedisFailure::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), RedisFailure::ALL.len());
+    }
 }
