@@ -291,7 +291,16 @@ fn nothing_listening_fails_the_probe_as_refused_and_a_reload_that_changes_redis_
 // ---- Sentinel ---------------------------------------------------------------------------
 
 fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+    cli_tls(None, port, args)
+}
+
+/// `redis-cli` against `port`, over TLS trusting `ca` if given.
+fn cli_tls(ca: Option<&std::path::Path>, port: u16, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    if let Some(ca) = ca {
+        cmd.arg("--tls").arg("--cacert").arg(ca);
+    }
+    let out = cmd
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
@@ -313,17 +322,48 @@ fn within(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
 
 #[test]
 fn a_sentinel_failover_is_followed_without_a_restart_and_no_callback_is_delivered_twice() {
+    sentinel_failover(false);
+}
+
+#[test]
+fn a_sentinel_failover_over_tls_is_followed_too() {
+    sentinel_failover(true);
+}
+
+/// A master, a replica and three Sentinels (every one TLS-only with `tls`); two gateways;
+/// the master is killed mid-run.
+fn sentinel_failover(tls: bool) {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki(pki_dir.path(), "sentinel");
+    // With TLS: the server's own port is TLS only, and replication and Sentinel's
+    // connections to the servers use TLS too.
+    let tls_lines = |port: u16| {
+        if tls {
+            format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                cert.display(),
+                key.display(),
+                ca.display()
+            )
+        } else {
+            String::new()
+        }
+    };
+    let cli = |port: u16, args: &[&str]| cli_tls(tls.then_some(ca.as_path()), port, args);
+    let scheme = if tls { "rediss" } else { "redis" };
+    let ca_file = if tls { format!("  ca_file: \"{}\"\n", ca.display()) } else { String::new() };
     let auth = "requirepass s3nt-pa55\nmasterauth s3nt-pa55\n";
-    let mut master = RedisServer::start_with("redis-server", |_| auth.to_owned());
+    let mut master = RedisServer::start_with("redis-server", |port| format!("{auth}{}", tls_lines(port)));
     let mport = master.port;
-    let replica = RedisServer::start_with("redis-server", |_| {
-        format!("{auth}replicaof 127.0.0.1 {mport}\nreplica-priority 10\n")
+    let replica = RedisServer::start_with("redis-server", |port| {
+        format!("{auth}replicaof 127.0.0.1 {mport}\nreplica-priority 10\n{}", tls_lines(port))
     });
     let sentinels: Vec<RedisServer> = (0..3)
         .map(|_| {
-            RedisServer::start_with("redis-sentinel", |_| {
+            RedisServer::start_with("redis-sentinel", |port| {
                 format!(
-                    "sentinel monitor fleet 127.0.0.1 {mport} 2\nsentinel auth-pass fleet s3nt-pa55\nsentinel down-after-milliseconds fleet 1000\nsentinel failover-timeout fleet 5000\n"
+                    "sentinel monitor fleet 127.0.0.1 {mport} 2\nsentinel auth-pass fleet s3nt-pa55\nsentinel down-after-milliseconds fleet 1000\nsentinel failover-timeout fleet 5000\n{}",
+                    tls_lines(port)
                 )
             })
         })
@@ -342,13 +382,14 @@ fn a_sentinel_failover_is_followed_without_a_restart_and_no_callback_is_delivere
     let extra = format!("  sentinel: {{ master_name: \"fleet\", nodes: [{nodes}] }}\n");
     let emu = Emulator::start();
     let r = TestReceiver::start();
-    let yaml = config(&emu.url(), &r.url(), &redis_block("redis://:s3nt-pa55@127.0.0.1:6379/0", &extra));
+    let extra = format!("{extra}{ca_file}");
+    let yaml = config(&emu.url(), &r.url(), &redis_block(&format!("{scheme}://:s3nt-pa55@127.0.0.1:6379/0"), &extra));
     let (code, out) = probe(&yaml);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("master \"fleet\" from Sentinels") && !out.contains("s3nt-pa55"), "{out}");
     // The replica itself, asked as a single server, is not a master.
-    let as_single =
-        config(&emu.url(), &r.url(), &redis_block(&format!("redis://:s3nt-pa55@127.0.0.1:{}/0", replica.port), ""));
+    let single = format!("{scheme}://:s3nt-pa55@127.0.0.1:{}/0", replica.port);
+    let as_single = config(&emu.url(), &r.url(), &redis_block(&single, &ca_file));
     let (code, out) = probe(&as_single);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("redis probe FAILED (not_master): not a master"), "{out}");
