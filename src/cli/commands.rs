@@ -9,7 +9,9 @@ use crate::cli::args::SignArgs;
 use crate::policy::exchange::{self, ExchangeReport, Nxcloud, Outbound};
 use crate::policy::{gcra, replay};
 use crate::server::{self, StartMode};
-use nxgate_core::config::{self, GatewayConfig, RateLimitKind, RedisConfig, RedisTopology, Tenant, VerifyMode};
+use nxgate_core::config::{
+    self, GatewayConfig, OnRedisError, RateLimitKind, RedisConfig, RedisTopology, Tenant, VerifyMode,
+};
 use nxgate_core::secret::{self, Secret};
 use nxgate_core::signing::{self, Algorithm, SigningInput};
 
@@ -205,11 +207,17 @@ pub fn summary(c: &GatewayConfig) -> String {
     ));
     match c.rate_limit_backend.kind {
         RateLimitKind::Local => out.push_str("rate limits: in process (each replica on its own)\n"),
-        RateLimitKind::Redis => out.push_str(&format!(
-            "rate limits: Redis, on error {:?}\nredis: {}\n",
-            c.rate_limit_backend.on_redis_error,
-            redis_summary(&c.redis)
-        )),
+        RateLimitKind::Redis => {
+            let on_error = match c.rate_limit_backend.on_redis_error {
+                OnRedisError::LocalFallback => "local_fallback",
+                OnRedisError::Deny => "deny",
+                OnRedisError::Allow => "allow",
+            };
+            out.push_str(&format!(
+                "rate limits: Redis (shared by every replica), on_redis_error {on_error}\nredis: {}\n",
+                redis_summary(&c.redis)
+            ))
+        }
     }
     out.push_str(&format!("tenants: {}\n", c.tenants.len()));
     for (i, t) in c.tenants.iter().enumerate() {
@@ -239,7 +247,7 @@ pub fn summary(c: &GatewayConfig) -> String {
                 }
             }
             let replay = match c.rate_limit_backend.kind {
-                nxgate_core::config::RateLimitKind::Redis => "Redis (rate_limit_backend)".to_owned(),
+                nxgate_core::config::RateLimitKind::Redis => "Redis (the redis: connection above)".to_owned(),
                 nxgate_core::config::RateLimitKind::Local => {
                     format!("in process, at most {} entries", cb.replay_memory_entries)
                 }

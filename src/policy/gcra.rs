@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::admission::{RateDecision, RateState};
-use crate::net::redis::RedisMetrics;
-use crate::net::redis::{BackendUnavailable, RedisLink};
+use crate::net::redis::{BackendUnavailable, RedisLink, RedisMetrics};
 use nxgate_core::config::{RateLimit, RedisConfig};
 
-/// GCRA step (also loaded by `nxgate check --probe`). KEYS[1]: tenant key. ARGV[1]: emission interval T (µs). ARGV[2]: burst.
-/// Returns {admitted (0/1), retry_after_us, remaining, reset_us}.
+/// GCRA step (also loaded by `nxgate check --probe`). KEYS[1]: tenant key. ARGV[1]:
+/// emission interval T (µs). ARGV[2]: burst. Returns {admitted (0/1), retry_after_us,
+/// remaining, reset_us}.
 pub const GCRA: &str = r#"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
