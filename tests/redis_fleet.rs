@@ -257,6 +257,32 @@ fn tls_with_an_acl_user_shares_limits_and_callbacks_and_bad_settings_fail_the_pr
 }
 
 #[test]
+fn a_restarted_tls_redis_is_reconnected_to_without_a_restart_of_the_gateway() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let mut redis = tls_acl_redis(pki_dir.path());
+    let r = TestReceiver::start();
+    let emu = Emulator::start();
+    let url = format!("rediss://gw:gw-pa55@127.0.0.1:{}/0", redis.port);
+    let ca = format!("  ca_file: \"{}\"\n", pki_dir.path().join("good-ca.pem").display());
+    let gw = start_connected(&config(&emu.url(), &r.url(), &redis_block(&url, &ca)));
+    assert_eq!(gw.metric("nxgate_redis_up"), 1.0);
+
+    redis.kill();
+    // Deny answers 429 while Redis is away, and the gauge says so.
+    let down =
+        within(Duration::from_secs(5), || gw.ping_a(&[], "down").status == 429 && gw.metric("nxgate_redis_up") == 0.0);
+    assert!(down.is_some(), "the outage was not noticed");
+    redis.restart();
+    let back = within(Duration::from_secs(10), || {
+        let b = body("back");
+        gw.ping_a(&[], "back").status == 200 && send(gw.callbacks[0], &signed(false, &b, &rid()), &b).status == 200
+    });
+    assert!(back.is_some(), "the gateway did not reconnect:\n{}", gw.log());
+    assert_eq!(gw.metric("nxgate_redis_up"), 1.0);
+    assert!(gw.log().contains("(Redis) is back"));
+}
+
+#[test]
 fn nothing_listening_fails_the_probe_as_refused_and_a_reload_that_changes_redis_takes_effect() {
     let closed = client::ClosedPort::new().unwrap();
     let redis = RedisServer::start();

@@ -568,6 +568,9 @@ pub struct RedisServer {
     _dir: tempfile::TempDir,
     /// After `kill`, holds the port so connections keep being refused.
     closed: Option<socket2::Socket>,
+    /// The program and config file, for `restart`.
+    program: String,
+    conf: PathBuf,
 }
 
 static REDIS_STARTED: AtomicUsize = AtomicUsize::new(0);
@@ -602,7 +605,7 @@ impl RedisServer {
                 // A server says it is ready; a Sentinel, that it monitors its master.
                 let ready = |l: String| l.contains("Ready to accept connections") || l.contains("+monitor master");
                 if std::fs::read_to_string(&log).is_ok_and(ready) {
-                    return RedisServer { port, child, _dir: dir, closed: None };
+                    return RedisServer { port, child, _dir: dir, closed: None, program: program.to_owned(), conf };
                 }
                 if child.try_wait().unwrap().is_some() {
                     break; // the port was taken; try the next one
@@ -612,6 +615,22 @@ impl RedisServer {
             }
         }
         panic!("no port for {program} after 50 tries");
+    }
+
+    /// Starts the server again after `kill`, on its port, from its config file.
+    pub fn restart(&mut self) {
+        let log = self._dir.path().join(format!("redis-{}.log", self.port));
+        let ready = |l: &str| l.matches("Ready to accept connections").count();
+        let before = ready(&std::fs::read_to_string(&log).unwrap_or_default());
+        self.closed = None;
+        self.child =
+            Command::new(&self.program).arg(&self.conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ready(&std::fs::read_to_string(&log).unwrap_or_default()) == before {
+            assert!(self.child.try_wait().unwrap().is_none(), "{} did not restart on {}", self.program, self.port);
+            assert!(std::time::Instant::now() < deadline, "{} did not restart on {}", self.program, self.port);
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The server's log so far.
