@@ -478,18 +478,49 @@ fn sentinel_failover(tls: bool) {
 
 #[test]
 fn a_three_master_cluster_shares_limits_and_the_replay_memory_with_tenants_on_different_masters() {
+    cluster(false);
+}
+
+#[test]
+fn a_three_master_cluster_over_tls_with_an_acl_user_does_too() {
+    cluster(true);
+}
+
+/// Three masters (TLS-only, with an ACL user `gw` and the default user off, with
+/// `tls_acl`), two gateways.
+fn cluster(tls_acl: bool) {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki(pki_dir.path(), "cluster");
     let masters: Vec<RedisServer> = (0..3)
         .map(|_| {
             RedisServer::start_with("redis-server", |port| {
                 // The bus port next to the client port, inside the same range (the default,
                 // port + 10000, would reach into the kernel's ephemeral ports).
                 let bus = 20_000 + (port - 20_000 + 5_000) % 10_000;
-                format!("cluster-enabled yes\ncluster-config-file nodes-{port}.conf\ncluster-port {bus}\n")
+                let mut conf = format!("cluster-enabled yes\ncluster-config-file nodes-{port}.conf\ncluster-port {bus}\n");
+                if tls_acl {
+                    conf += &format!(
+                        "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\ntls-cluster yes\ntls-replication yes\nuser default off\nuser gw on >gw-pa55 ~* &* +@all\n",
+                        cert.display(),
+                        key.display(),
+                        ca.display()
+                    );
+                }
+                conf
             })
         })
         .collect();
+    let auth: Vec<&str> = if tls_acl { vec!["--user", "gw", "--pass", "gw-pa55", "--no-auth-warning"] } else { vec![] };
+    let cli = |port: u16, args: &[&str]| {
+        let all: Vec<&str> = auth.iter().chain(args).copied().collect();
+        cli_tls(tls_acl.then_some(ca.as_path()), port, &all)
+    };
     let addrs: Vec<String> = masters.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
-    let out = Command::new("redis-cli")
+    let mut create = Command::new("redis-cli");
+    if tls_acl {
+        create.arg("--tls").arg("--cacert").arg(&ca).args(&auth);
+    }
+    let out = create
         .args(["--cluster", "create"])
         .args(&addrs)
         .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -523,11 +554,12 @@ fn a_three_master_cluster_shares_limits_and_the_replay_memory_with_tenants_on_di
     let emu = Emulator::start();
     let r = TestReceiver::start();
     let nodes = addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-    let yaml = config(
-        &emu.url(),
-        &r.url(),
-        &redis_block(&format!("redis://{}/0", addrs[0]), &format!("  cluster: {{ nodes: [{nodes}] }}\n")),
-    );
+    let (url, extra) = if tls_acl {
+        (format!("rediss://gw:gw-pa55@{}/0", addrs[0]), format!("  ca_file: \"{}\"\n", ca.display()))
+    } else {
+        (format!("redis://{}/0", addrs[0]), String::new())
+    };
+    let yaml = config(&emu.url(), &r.url(), &redis_block(&url, &format!("{extra}  cluster: {{ nodes: [{nodes}] }}\n")));
     let (code, out) = probe(&yaml);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("redis probe: OK (cluster ok, 3 scripts loaded)") && out.contains("cluster, seeds"), "{out}");
