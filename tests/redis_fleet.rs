@@ -316,10 +316,6 @@ fn nothing_listening_fails_the_probe_as_refused_and_a_reload_that_changes_redis_
 
 // ---- Sentinel ---------------------------------------------------------------------------
 
-fn cli(port: u16, args: &[&str]) -> String {
-    cli_tls(None, port, args)
-}
-
 /// `redis-cli` against `port`, over TLS trusting `ca` if given.
 fn cli_tls(ca: Option<&std::path::Path>, port: u16, args: &[&str]) -> String {
     let mut cmd = Command::new("redis-cli");
