@@ -233,10 +233,17 @@ fn now_ms() -> u64 {
 }
 
 impl RedisLink {
-    /// A link to `config` serving `purpose`; connects in the background (at once if a
-    /// runtime is running, else on the first call).
+    /// A link to `config` serving `purpose`; starts connecting at once, in the background,
+    /// so `nxgate_redis_up` and the outage line tell the truth before the first request.
     pub fn new(config: RedisConfig, purpose: &'static str, metrics: Option<RedisMetrics>) -> Arc<Self> {
-        let link = Arc::new(RedisLink {
+        let link = Self::idle(config, purpose, metrics);
+        link.connect_in_background();
+        link
+    }
+
+    /// A link that connects on its first call only.
+    fn idle(config: RedisConfig, purpose: &'static str, metrics: Option<RedisMetrics>) -> Arc<Self> {
+        Arc::new(RedisLink {
             config,
             purpose,
             connection: ArcSwapOption::empty(),
@@ -247,11 +254,7 @@ impl RedisLink {
             retry_at_ms: AtomicU64::new(0),
             last_connect_error: Mutex::new(None),
             metrics,
-        });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            link.connect_in_background();
-        }
-        link
+        })
     }
 
     /// The `redis:` config this link was built from (a reload keeps the link if it is equal).
@@ -394,7 +397,7 @@ impl RedisLink {
             return;
         }
         let weak: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
+        background().spawn(async move {
             // Bounded by the link's life: each turn needs the link alive.
             while let Some(me) = weak.upgrade() {
                 let attempt =
@@ -418,6 +421,24 @@ impl RedisLink {
             }
         });
     }
+}
+
+/// The runtime Redis connections live on: one thread of its own, so a link can connect
+/// as soon as it is built (at start, before Pingora's runtimes exist; on a reload, from
+/// whichever runtime runs it), and a connection never depends on one listener's runtime.
+/// Calls are made from any runtime; the connection's task here does the I/O.
+fn background() -> &'static tokio::runtime::Handle {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("nxgate-redis")
+                .enable_all()
+                .build()
+                .expect("a runtime for the Redis connections")
+        })
+        .handle()
 }
 
 /// Connect (TCP plus TLS handshake) limit for a call budget of `timeout`.
@@ -647,8 +668,7 @@ mod tests {
     use super::*;
 
     fn link() -> Arc<RedisLink> {
-        // No runtime here, so nothing connects.
-        RedisLink::new(RedisConfig::default(), "test", None)
+        RedisLink::idle(RedisConfig::default(), "test", None)
     }
 
     #[test]
