@@ -59,15 +59,12 @@ tenants:
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let cfg = config::parse(&yaml, Path::new("bench.yaml"), &env).expect("bench config is valid");
+    let backend = RateBackend::new(&cfg, None, None);
     let tenant = |name: &str| {
         let t = cfg.tenants.iter().find(|t| t.name == name).expect("configured");
-        TenantAdmission::new(t, None)
+        TenantAdmission::new(t, None, &backend)
     };
-    Admission {
-        backend: RateBackend::new(&cfg, None, None),
-        limited: tenant("limited"),
-        unlimited: tenant("unlimited"),
-    }
+    Admission { limited: tenant("limited"), unlimited: tenant("unlimited"), backend }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-# Rate-limit tests run a real redis-server on a loopback port.
-nxgate_install redis-server:redis-server
+# Rate-limit, callback and Redis fleet tests run real redis-server, redis-sentinel and
+# redis-cli (cluster create) on loopback ports.
+nxgate_install redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools
 # The h2c test uses curl's HTTP/2 prior-knowledge client.
 nxgate_install curl:curl
 # tests/deploy.rs lints and validates deploy/ with hadolint, kubernetes-validate, systemd-analyze.

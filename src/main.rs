@@ -24,7 +24,7 @@ fn main() -> ExitCode {
                 StartMode { upgrade: *upgrade, upgrade_sock: upgrade_sock.clone(), ready_file: ready_file.clone() };
             commands::run(config, &mode)
         }
-        Command::Check { config } => commands::check(config),
+        Command::Check { config, probe } => commands::check(config, *probe),
         Command::Ping { config, tenant } => commands::ping(config, tenant.as_deref()),
         Command::Healthcheck { url } => commands::healthcheck(url),
         Command::Sign(args) => commands::sign(args),

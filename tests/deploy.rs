@@ -563,11 +563,18 @@ fn kubernetes_central_is_redundant_shared_and_scaled() {
     assert_eq!(config["listen"], Value::from(vec!["0.0.0.0:8080"]), "the Service reaches the pod IP");
     assert!(config["default_tenant"].is_null(), "a shared gateway requires client keys");
     assert_eq!(s(&config["rate_limit_backend"]["kind"]), "redis", "limits hold for the fleet");
+    // The Redis URL (TLS, with an ACL user's password) comes from a Secret, not the ConfigMap.
+    let url_env = s(&config["redis"]["url_env"]);
+    assert!(config["rate_limit_backend"]["redis_url"].is_null() && config["redis"]["url"].is_null());
 
     let deployment = one(&res, "Deployment");
     assert!(int(&deployment["spec"]["replicas"]) >= 2);
     let pod = &deployment["spec"]["template"]["spec"];
     let c = nxgate_container(pod);
+    let env =
+        c["env"].as_sequence().unwrap().iter().find(|e| s(&e["name"]) == url_env).expect("the Redis URL variable");
+    assert!(!env["valueFrom"]["secretKeyRef"]["name"].is_null(), "{url_env} comes from a Secret");
+    assert!(read("deploy/kubernetes/central/deployment.yaml").contains("--from-literal=url='rediss://"));
     let http = c["ports"].as_sequence().unwrap().iter().find(|p| s(&p["name"]) == "http").expect("http port");
     assert_eq!(int(&http["containerPort"]), 8080);
 
@@ -634,6 +641,10 @@ fn check_with_dummy_secrets(rel: &str) -> Output {
             assert_eq!(text.matches(file).count(), 1, "{rel}: {file} named once");
             text = text.replace(file, &dummy.display().to_string());
         }
+    }
+    // The Redis URL from the environment: one with a password, which check must not print.
+    if let Some(var) = config["redis"]["url_env"].as_str() {
+        cmd.env(var, "rediss://nxgate:dummy-secret-redis@redis.example:6380/0");
     }
     // TLS files (listen_tls, callbacks.tls): a real, throwaway pair.
     let (cert_pem, key_pem) = dummy_tls_pair();

@@ -123,7 +123,7 @@ fn a_fresh_gateways_first_scrape_has_every_documented_family_with_every_known_se
     let text = String::from_utf8(gw.admin_get("/metrics").unwrap().body).unwrap();
     let series = scrape(&gw);
     let families = readme_metric_families();
-    assert_eq!(families.len(), 17, "the README's table changed: {families:?}");
+    assert_eq!(families.len(), 19, "the README's table changed: {families:?}");
     for (family, values) in &families {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} is absent from the first scrape:\n{text}");
         for v in values {
@@ -176,6 +176,13 @@ fn a_fresh_gateways_first_scrape_has_every_documented_family_with_every_known_se
         ["nxgate_rate_limit_backend_errors_total", "nxgate_draining", "nxgate_request_header_timeouts_total"]
             .map(String::from),
     );
+    // Redis is not used here: down (0), and every failure reason at 0.
+    expected.push("nxgate_redis_up".to_owned());
+    for reason in
+        ["refused", "timeout", "tls", "auth", "noauth", "database", "not_master", "closed", "sentinel", "other"]
+    {
+        expected.push(format!(r#"nxgate_redis_errors_total{{reason="{reason}"}}"#));
+    }
     for s in &expected {
         assert_eq!(series.get(s), Some(&0.0), "{s} is not exported at 0 on a fresh gateway:\n{text}");
     }

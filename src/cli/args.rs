@@ -46,6 +46,10 @@ pub enum Command {
         /// Config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Also connect to Redis (when used), authenticate and load the scripts; exit 1
+        /// with the reason in one line if that fails.
+        #[arg(long)]
+        probe: bool,
     },
     /// Prove each tenant's credentials: a signed, verified POST /callcentre/api/v3/ping.
     /// Exit 0 if every tenant passed, 1 otherwise.

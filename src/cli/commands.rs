@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use crate::cli::args::SignArgs;
 use crate::policy::exchange::{self, ExchangeReport, Nxcloud, Outbound};
+use crate::policy::{gcra, replay};
 use crate::server::{self, StartMode};
-use nxgate_core::config::{self, GatewayConfig, Tenant, VerifyMode};
+use nxgate_core::config::{
+    self, GatewayConfig, OnRedisError, RateLimitKind, RedisConfig, RedisTopology, Tenant, VerifyMode,
+};
 use nxgate_core::secret::{self, Secret};
 use nxgate_core::signing::{self, Algorithm, SigningInput};
 
@@ -202,6 +205,20 @@ pub fn summary(c: &GatewayConfig) -> String {
         c.max_response_body_bytes,
         c.request_header_timeout.as_millis()
     ));
+    match c.rate_limit_backend.kind {
+        RateLimitKind::Local => out.push_str("rate limits: in process (each replica on its own)\n"),
+        RateLimitKind::Redis => {
+            let on_error = match c.rate_limit_backend.on_redis_error {
+                OnRedisError::LocalFallback => "local_fallback",
+                OnRedisError::Deny => "deny",
+                OnRedisError::Allow => "allow",
+            };
+            out.push_str(&format!(
+                "rate limits: Redis (shared by every replica), on_redis_error {on_error}\nredis: {}\n",
+                redis_summary(&c.redis)
+            ))
+        }
+    }
     out.push_str(&format!("tenants: {}\n", c.tenants.len()));
     for (i, t) in c.tenants.iter().enumerate() {
         let default = if c.default_tenant == Some(i) { ", default" } else { "" };
@@ -230,7 +247,7 @@ pub fn summary(c: &GatewayConfig) -> String {
                 }
             }
             let replay = match c.rate_limit_backend.kind {
-                nxgate_core::config::RateLimitKind::Redis => "Redis (rate_limit_backend)".to_owned(),
+                nxgate_core::config::RateLimitKind::Redis => "Redis (the redis: connection above)".to_owned(),
                 nxgate_core::config::RateLimitKind::Local => {
                     format!("in process, at most {} entries", cb.replay_memory_entries)
                 }
@@ -241,19 +258,66 @@ pub fn summary(c: &GatewayConfig) -> String {
     out
 }
 
-/// `nxgate check`.
-pub fn check(path: &Path) -> ExitCode {
-    match config::load(path) {
-        Ok(c) => {
-            print!("{}", summary(&c));
-            println!("config OK");
+/// `nxgate check [--probe]`.
+pub fn check(path: &Path, probe: bool) -> ExitCode {
+    let c = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", summary(&c));
+    println!("config OK");
+    if !probe {
+        return ExitCode::SUCCESS;
+    }
+    if c.rate_limit_backend.kind != RateLimitKind::Redis {
+        println!("redis probe: nothing to probe (rate_limit_backend.kind is \"local\")");
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The scripts the gateway runs, so a server that refuses them (ACL, no scripting) shows now.
+    let scripts = [gcra::GCRA, replay::CLAIM, replay::RELEASE];
+    match rt.block_on(crate::net::redis::probe(&c.redis, &scripts)) {
+        Ok(found) => {
+            println!("redis probe: OK ({found})");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("redis probe FAILED ({}): {e}", e.reason.as_str());
             ExitCode::FAILURE
         }
     }
+}
+
+/// The Redis connection in one line: shape, hosts, TLS, user, database; never the password.
+pub fn redis_summary(r: &RedisConfig) -> String {
+    let shape = match &r.topology {
+        RedisTopology::Single => format!("single server {}", r.host),
+        RedisTopology::Sentinel { master_name, nodes } => {
+            format!("master {master_name:?} from Sentinels {}", nodes.join(", "))
+        }
+        RedisTopology::Cluster { nodes } => format!("cluster, seeds {}", nodes.join(", ")),
+    };
+    let tls = match (r.tls, &r.ca_file) {
+        (false, _) => "no TLS".to_owned(),
+        (true, None) => "TLS (system roots)".to_owned(),
+        (true, Some(f)) => format!("TLS (system roots + {})", f.display()),
+    };
+    let user = match (&r.username, r.has_password) {
+        (Some(u), true) => format!("user {u} with password"),
+        (Some(u), false) => format!("user {u}, no password"),
+        (None, true) => "default user with password".to_owned(),
+        (None, false) => "no authentication".to_owned(),
+    };
+    format!("{shape}, {tls}, {user}, database {}, timeout {} ms (from {})", r.db, r.timeout.as_millis(), r.url_field)
 }
 
 /// `nxgate sign`.

@@ -24,12 +24,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::IntCounter;
-
 use nxgate_core::config::{GatewayConfig, OnRedisError, RateLimit, RateLimitKind, Tenant};
 
 use super::gcra::RedisGcra;
-use crate::net::redis::{BackendUnavailable, REDIS_TIMEOUT};
+use crate::net::redis::{BackendUnavailable, RedisMetrics, REDIS_TIMEOUT};
 
 type Governor = governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -146,14 +144,15 @@ pub struct TenantAdmission {
     local: Option<Arc<LocalLimiter>>,
     max_in_flight: Option<u32>,
     in_flight: Arc<InFlightCounter>,
-    /// Redis key: one budget per NXCloud account, shared by every replica.
-    redis_key: String,
+    /// The Redis key of the account's budget, one per NXCloud account, shared by every
+    /// replica (`None` without a Redis backend).
+    redis_key: Option<String>,
 }
 
 impl TenantAdmission {
-    /// Admission for `t`, keeping `previous`'s in-flight count always and its limiter when
-    /// the limit is unchanged (a reload never hands out a fresh burst).
-    pub fn new(t: &Tenant, previous: Option<&TenantAdmission>) -> Self {
+    /// Admission for `t` against `rates`, keeping `previous`'s in-flight count always and
+    /// its limiter when the limit is unchanged (a reload never hands out a fresh burst).
+    pub fn new(t: &Tenant, previous: Option<&TenantAdmission>, rates: &RateBackend) -> Self {
         let local = t.rate_limit.map(|limit| match previous.and_then(|p| p.local.as_ref()) {
             Some(kept) if kept.limit == limit => kept.clone(),
             _ => Arc::new(LocalLimiter::new(limit)),
@@ -163,7 +162,7 @@ impl TenantAdmission {
             local,
             max_in_flight: t.max_in_flight,
             in_flight: previous.map(|p| p.in_flight.clone()).unwrap_or_default(),
-            redis_key: format!("nxgate:ratelimit:{}", t.uuid),
+            redis_key: rates.redis.as_ref().map(|r| r.key(&t.uuid)),
         }
     }
 
@@ -181,15 +180,15 @@ pub struct RateBackend {
 }
 
 impl RateBackend {
-    /// The backend `config` names, keeping `previous`'s Redis connection when the URL is
-    /// the same; `errors` counts failed Redis calls.
-    pub fn new(config: &GatewayConfig, previous: Option<&RateBackend>, errors: Option<&IntCounter>) -> Self {
+    /// The backend `config` names, keeping `previous`'s Redis connection when the `redis:`
+    /// config is the same; Redis links report into `metrics`.
+    pub fn new(config: &GatewayConfig, previous: Option<&RateBackend>, metrics: Option<RedisMetrics>) -> Self {
         let backend = &config.rate_limit_backend;
         let redis = match backend.kind {
             RateLimitKind::Local => None,
             RateLimitKind::Redis => Some(match previous.and_then(|p| p.redis.as_ref()) {
-                Some(r) if r.url() == &backend.redis_url => r.clone(),
-                _ => Arc::new(RedisGcra::new(backend.redis_url.clone(), errors.cloned())),
+                Some(r) if r.config() == &config.redis => r.clone(),
+                _ => Arc::new(RedisGcra::new(config.redis.clone(), metrics)),
             }),
         };
         RateBackend { redis, on_redis_error: backend.on_redis_error }
@@ -198,9 +197,9 @@ impl RateBackend {
     /// The rate decision for one request of tenant `t`.
     pub async fn check(&self, t: &TenantAdmission) -> RateDecision {
         let (Some(limit), Some(local)) = (t.limit, t.local.as_ref()) else { return RateDecision::Allowed(None) };
-        let Some(redis) = &self.redis else { return local.check() };
+        let (Some(redis), Some(key)) = (&self.redis, &t.redis_key) else { return local.check() };
         // Boxed: only the Redis backend pays for its client's large future.
-        match Box::pin(redis.check(&t.redis_key, limit)).await {
+        match Box::pin(redis.check(key, limit)).await {
             Ok(decision) => decision,
             Err(BackendUnavailable) => match self.on_redis_error {
                 OnRedisError::LocalFallback => local.check(),

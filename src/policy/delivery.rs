@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::replay::{Claim, LocalReplay, RedisReplay, ReplayStore, IN_PROGRESS_MARGIN};
-use crate::net::redis::RedisLink;
+use crate::net::redis::{RedisLink, RedisMetrics};
 use crate::net::upstream::{Upstream, UpstreamError, UpstreamResponse};
 use nxgate_core::config::{CallbacksConfig, GatewayConfig, RateLimitKind, Receiver, Tenant, UpstreamConfig};
 use nxgate_core::errors::GatewayError;
@@ -68,11 +68,11 @@ fn receiver_upstream(r: &Receiver, timeout: Duration) -> Arc<Upstream> {
 
 impl CallbackRuntime {
     /// Builds the callback side of `config`, keeping `previous`'s replay memory when it
-    /// is the same kind (and, for Redis, the same URL).
+    /// is the same kind (and, for Redis, the same `redis:` config).
     pub fn new(
         config: &GatewayConfig,
         previous: Option<&CallbackRuntime>,
-        redis_errors: Option<&prometheus::IntCounter>,
+        redis_metrics: Option<RedisMetrics>,
     ) -> Option<Self> {
         let cb = config.callbacks.clone()?;
         let default_receiver = receiver_upstream(&cb.forward_to, cb.receiver_timeout);
@@ -82,16 +82,15 @@ impl CallbackRuntime {
                 l.set_capacity(cb.replay_memory_entries);
                 true
             }
-            (ReplayStore::Redis(r), RateLimitKind::Redis) => r.link().url() == &backend.redis_url,
+            (ReplayStore::Redis(r), RateLimitKind::Redis) => r.link().config() == &config.redis,
             _ => false,
         });
         let replay = kept.cloned().unwrap_or_else(|| {
             Arc::new(match backend.kind {
                 RateLimitKind::Local => ReplayStore::Local(LocalReplay::new(cb.replay_memory_entries)),
                 RateLimitKind::Redis => {
-                    let errors = redis_errors.cloned();
-                    let link = RedisLink::new(backend.redis_url.clone(), "callback replay memory", errors);
-                    ReplayStore::Redis(RedisReplay::new(Arc::new(link)))
+                    let link = RedisLink::new(config.redis.clone(), "callback replay memory", redis_metrics);
+                    ReplayStore::Redis(RedisReplay::new(link))
                 }
             })
         });

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::admission::{RateDecision, RateState};
-use crate::net::redis::{BackendUnavailable, RedisLink};
-use nxgate_core::config::RateLimit;
-use nxgate_core::secret::Secret;
+use crate::net::redis::{BackendUnavailable, RedisLink, RedisMetrics};
+use nxgate_core::config::{RateLimit, RedisConfig};
 
-/// GCRA step. KEYS[1]: tenant key. ARGV[1]: emission interval T (µs). ARGV[2]: burst.
-/// Returns {admitted (0/1), retry_after_us, remaining, reset_us}.
-const GCRA: &str = r#"
+/// GCRA step (also loaded by `nxgate check --probe`). KEYS[1]: tenant key. ARGV[1]:
+/// emission interval T (µs). ARGV[2]: burst. Returns {admitted (0/1), retry_after_us,
+/// remaining, reset_us}.
+pub const GCRA: &str = r#"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -32,27 +32,30 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(tolerance / 1000) + 1000)
 return {1, 0, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now}
 "#;
 
-/// The Redis backend of one `redis_url`.
+/// The Redis backend of one `redis:` config.
 pub struct RedisGcra {
     link: Arc<RedisLink>,
     script: redis::Script,
 }
 
 impl RedisGcra {
-    /// A backend for `url`; connects lazily, in the background.
-    pub fn new(url: Secret, errors: Option<prometheus::IntCounter>) -> Self {
-        RedisGcra {
-            link: Arc::new(RedisLink::new(url, "rate-limit backend", errors)),
-            script: redis::Script::new(GCRA),
-        }
+    /// A backend for `config`; connects in the background.
+    pub fn new(config: RedisConfig, metrics: Option<RedisMetrics>) -> Self {
+        RedisGcra { link: RedisLink::new(config, "rate-limit backend", metrics), script: redis::Script::new(GCRA) }
     }
 
-    /// The URL this backend talks to (it may hold a password: never log it).
-    pub fn url(&self) -> &Secret {
-        self.link.url()
+    /// The config this backend talks to (a reload keeps the backend if it is unchanged).
+    pub fn config(&self) -> &RedisConfig {
+        self.link.config()
     }
 
-    /// One GCRA step for `key`; `Err` when Redis did not answer in time.
+    /// The key of the budget of the NXCloud account `uuid`: one per account, shared by
+    /// every replica (hash-tagged with Cluster). Made once per tenant and generation.
+    pub fn key(&self, uuid: &str) -> String {
+        format!("nxgate:ratelimit:{}", self.link.tenant_tag(uuid))
+    }
+
+    /// One GCRA step on `key`; `Err` when Redis did not answer in time.
     pub async fn check(self: &Arc<Self>, key: &str, limit: RateLimit) -> Result<RateDecision, BackendUnavailable> {
         let mut conn = self.link.connection().await?;
         let interval_us = 1_000_000u64 / u64::from(limit.per_second);

@@ -67,11 +67,16 @@ impl ReplayStore {
         request_id: &str,
         in_progress_for: Duration,
     ) -> Result<Claim, GatewayError> {
-        let key = format!("nxgate:callback:{}:{request_id}", tenant.uuid);
         let token = uuid::Uuid::new_v4().simple().to_string();
         match self {
-            ReplayStore::Local(l) => l.claim(key, token, in_progress_for),
-            ReplayStore::Redis(r) => r.claim(key, token, in_progress_for).await,
+            ReplayStore::Local(l) => {
+                l.claim(format!("nxgate:callback:{}:{request_id}", tenant.uuid), token, in_progress_for)
+            }
+            ReplayStore::Redis(r) => {
+                // Hash-tagged per tenant with Cluster.
+                let key = format!("nxgate:callback:{}:{request_id}", r.link.tenant_tag(&tenant.uuid));
+                r.claim(key, token, in_progress_for).await
+            }
         }
     }
 
@@ -211,13 +216,13 @@ impl LocalReplay {
 
 /// Claims the key if absent; else returns what is there. KEYS[1]: pair. ARGV[1]: value.
 /// ARGV[2]: expiry (ms).
-const CLAIM: &str = r#"
+pub const CLAIM: &str = r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'fresh' end
 return redis.call('GET', KEYS[1]) or 'gone'
 "#;
 
 /// Deletes the key only if it still holds this delivery's claim. ARGV[1]: value.
-const RELEASE: &str = r#"
+pub const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
@@ -235,7 +240,7 @@ impl RedisReplay {
         RedisReplay { link, claim: redis::Script::new(CLAIM), release: redis::Script::new(RELEASE) }
     }
 
-    /// The link (its URL decides whether a reload keeps this memory).
+    /// The link (its config decides whether a reload keeps this memory).
     pub fn link(&self) -> &Arc<RedisLink> {
         &self.link
     }

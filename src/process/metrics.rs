@@ -5,6 +5,7 @@
 //! gateway itself sent. Nothing a caller sends (path, header, key) becomes a label, so a
 //! caller can never create new series.
 
+use crate::net::redis::{RedisFailure, RedisMetrics};
 use nxgate_core::errors::{CallbackOutcome, Refusal, UpstreamFailure};
 use nxgate_core::signing::Algorithm;
 use nxgate_core::verify::VerifyFailure;
@@ -91,6 +92,45 @@ pub struct Metrics {
     pub callbacks: IntCounterVec,
     /// `nxgate_callback_delivery_duration_seconds{tenant}`: the exchange with the receiver.
     pub callback_delivery_duration: HistogramVec,
+    /// `nxgate_redis_up` and `nxgate_redis_errors_total{reason}`.
+    pub redis: RedisFamilies,
+}
+
+/// The Redis connection's families (issue 23), kept in one block.
+pub struct RedisFamilies {
+    /// `nxgate_redis_up`: 1 while Redis answers, 0 otherwise (and when not used).
+    pub up: IntGauge,
+    /// `nxgate_redis_errors_total{reason}`: failed connects and calls, by reason.
+    pub errors: IntCounterVec,
+}
+
+impl RedisFamilies {
+    fn new(registry: &Registry) -> Self {
+        let up = IntGauge::new("nxgate_redis_up", "1 while Redis answers; 0 while it does not (or is not used).")
+            .expect("valid metric");
+        registry.register(Box::new(up.clone())).expect("unique metric");
+        let errors = IntCounterVec::new(
+            Opts::new("nxgate_redis_errors_total", "Failed Redis connects and calls, by reason."),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(errors.clone())).expect("unique metric");
+        for reason in RedisFailure::ALL {
+            errors.with_label_values(&[reason.as_str()]);
+        }
+        RedisFamilies { up, errors }
+    }
+}
+
+impl Metrics {
+    /// What a Redis link reports into.
+    pub fn redis_metrics(&self) -> RedisMetrics {
+        RedisMetrics {
+            up: self.redis.up.clone(),
+            errors: self.redis.errors.clone(),
+            call_errors: self.backend_errors.clone(),
+        }
+    }
 }
 
 impl Metrics {
@@ -179,6 +219,7 @@ impl Metrics {
         for failure in UpstreamFailure::ALL {
             upstream_errors.with_label_values(&[failure.label()]);
         }
+        let redis = RedisFamilies::new(&registry);
         Metrics {
             registry,
             requests,
@@ -198,6 +239,7 @@ impl Metrics {
             draining,
             callbacks,
             callback_delivery_duration,
+            redis,
         }
     }
 

@@ -43,12 +43,13 @@ impl TenantRecord {
     fn next(
         tenant: &Arc<Tenant>,
         previous: Option<&TenantRecord>,
+        rates: &RateBackend,
         callbacks: Option<&CallbackRuntime>,
         metrics: &Metrics,
     ) -> Self {
         TenantRecord {
             tenant: tenant.clone(),
-            admission: TenantAdmission::new(tenant, previous.map(|p| &p.admission)),
+            admission: TenantAdmission::new(tenant, previous.map(|p| &p.admission), rates),
             answers: previous.map(|p| p.answers.clone()).unwrap_or_default(),
             receiver: callbacks.map(|c| c.receiver_for(tenant)),
             metrics: metrics.tenant(&tenant.name),
@@ -81,15 +82,15 @@ impl Generation {
     /// carrying over the state that must survive a reload.
     pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Arc<Metrics>) -> Self {
         let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
-        let errors = Some(&metrics.backend_errors);
-        let callbacks = CallbackRuntime::new(&config, previous.and_then(|p| p.callbacks.as_ref()), errors);
-        let rates = RateBackend::new(&config, previous.map(|p| &p.rates), errors);
+        let redis = || Some(metrics.redis_metrics());
+        let callbacks = CallbackRuntime::new(&config, previous.and_then(|p| p.callbacks.as_ref()), redis());
+        let rates = RateBackend::new(&config, previous.map(|p| &p.rates), redis());
         let records = tenants
             .all()
             .iter()
             .map(|t| {
                 let before = previous.and_then(|p| p.records.iter().find(|r| r.tenant.name == t.name));
-                TenantRecord::next(t, before, callbacks.as_ref(), &metrics)
+                TenantRecord::next(t, before, &rates, callbacks.as_ref(), &metrics)
             })
             .collect();
         Generation {

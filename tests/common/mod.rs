@@ -568,38 +568,80 @@ pub struct RedisServer {
     _dir: tempfile::TempDir,
     /// After `kill`, holds the port so connections keep being refused.
     closed: Option<socket2::Socket>,
+    /// The program and config file, for `restart`.
+    program: String,
+    conf: PathBuf,
 }
 
 static REDIS_STARTED: AtomicUsize = AtomicUsize::new(0);
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with("redis-server", |_| String::new())
+    }
+
+    /// Starts `program` (`redis-server` or `redis-sentinel`) from a config file: loopback,
+    /// no persistence, then the lines `extra(port)` returns (later lines win, so they may
+    /// move the port, e.g. `port 0` + `tls-port {port}`).
+    pub fn start_with(program: &str, extra: impl Fn(u16) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let seed = std::process::id() as usize * 7919 + REDIS_STARTED.fetch_add(1, Ordering::Relaxed) * 104_729;
         for attempt in 0..50 {
             let port = 20_000 + ((seed + attempt * 7_331) % 10_000) as u16;
             let log = dir.path().join(format!("redis-{port}.log"));
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--logfile")
-                .arg(&log)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server not installed: run scripts/test.sh, which installs it");
+            let conf = dir.path().join(format!("redis-{port}.conf"));
+            let base = format!(
+                "port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\nlogfile {}\ndir {}\n",
+                log.display(),
+                dir.path().display()
+            );
+            std::fs::write(&conf, base + &extra(port)).unwrap();
+            let mut child =
+                Command::new(program).arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(
+                    |e| panic!("{program} not installed ({e}): run scripts/test.sh, which installs it"),
+                );
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
-                if std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Ready to accept connections")) {
-                    return RedisServer { port, child, _dir: dir, closed: None };
+                // A server says it is ready; a Sentinel, that it monitors its master.
+                let ready = |l: String| l.contains("Ready to accept connections") || l.contains("+monitor master");
+                if std::fs::read_to_string(&log).is_ok_and(ready) {
+                    return RedisServer { port, child, _dir: dir, closed: None, program: program.to_owned(), conf };
                 }
                 if child.try_wait().unwrap().is_some() {
                     break; // the port was taken; try the next one
                 }
-                assert!(std::time::Instant::now() < deadline, "redis-server did not start on {port}");
+                assert!(std::time::Instant::now() < deadline, "{program} did not start on {port}");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        panic!("no port for redis-server after 50 tries");
+        panic!("no port for {program} after 50 tries");
+    }
+
+    /// Starts the server again after `kill`, on its port, from its config file.
+    pub fn restart(&mut self) {
+        let log = self._dir.path().join(format!("redis-{}.log", self.port));
+        let ready = |l: &str| l.matches("Ready to accept connections").count();
+        let before = ready(&std::fs::read_to_string(&log).unwrap_or_default());
+        self.closed = None;
+        self.child =
+            Command::new(&self.program).arg(&self.conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ready(&std::fs::read_to_string(&log).unwrap_or_default()) == before {
+            assert!(self.child.try_wait().unwrap().is_none(), "{} did not restart on {}", self.program, self.port);
+            assert!(std::time::Instant::now() < deadline, "{} did not restart on {}", self.program, self.port);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        let path = self._dir.path().join(format!("redis-{}.log", self.port));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// A directory that lives as long as the server (for certificates and such).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub fn addr(&self) -> SocketAddr {

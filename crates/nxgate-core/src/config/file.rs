@@ -37,6 +37,9 @@ pub struct FileConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// The Redis connection every shared feature uses (with `rate_limit_backend.kind: "redis"`).
+    #[serde(default)]
+    pub redis: Option<RedisFile>,
     /// Where rate-limit state lives (and, with `kind: "redis"`, the callback replay memory).
     #[serde(default)]
     pub rate_limit_backend: RateLimitBackendFile,
@@ -113,11 +116,10 @@ pub struct RateLimitBackendFile {
     /// `"local"` or `"redis"`.
     #[serde(default)]
     pub kind: RateLimitKind,
-    /// Redis URL, used when `kind` is `"redis"`.
-    #[serde(default = "defaults::redis_url")]
-    pub redis_url: String,
-    /// Environment variable holding the Redis URL; overrides `redis_url`. For URLs that
-    /// carry a password, which then stays out of the config file.
+    /// The older spelling of `redis.url`; either this or `redis:`, never both.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// The older spelling of `redis.url_env`; either this or `redis:`, never both.
     #[serde(default)]
     pub redis_url_env: Option<String>,
     /// `"local_fallback"`, `"deny"` or `"allow"`.
@@ -129,11 +131,55 @@ impl Default for RateLimitBackendFile {
     fn default() -> Self {
         RateLimitBackendFile {
             kind: RateLimitKind::Local,
-            redis_url: defaults::redis_url(),
+            redis_url: None,
             redis_url_env: None,
             on_redis_error: OnRedisError::LocalFallback,
         }
     }
+}
+
+/// `redis:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://` or `rediss://` (TLS), with `user:password@` for an ACL user and `/db`;
+    /// absent = `redis://127.0.0.1:6379/0`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding the URL instead (overrides `url`), so a password
+    /// stays out of the file.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Extra PEM roots for `rediss://`, added to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Ask these Sentinels for the master of `master_name`.
+    #[serde(default)]
+    pub sentinel: Option<SentinelFile>,
+    /// A Redis Cluster reached through these seed nodes.
+    #[serde(default)]
+    pub cluster: Option<ClusterFile>,
+    /// One operation's limit before `on_redis_error` applies.
+    #[serde(default = "defaults::redis_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// `redis.sentinel`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelFile {
+    /// The master's name in the Sentinels' config.
+    pub master_name: String,
+    /// Sentinel addresses, `host:port`.
+    pub nodes: Vec<String>,
+}
+
+/// `redis.cluster`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Seed nodes, `host:port`; the rest of the cluster is discovered from them.
+    pub nodes: Vec<String>,
 }
 
 /// A tenant's `rate_limit:` (GCRA).
@@ -397,9 +443,13 @@ pub mod defaults {
     pub fn shutdown_grace_secs() -> u64 {
         30
     }
-    /// `rate_limit_backend.redis_url`.
+    /// `redis.url`.
     pub fn redis_url() -> String {
         "redis://127.0.0.1:6379/0".to_owned()
+    }
+    /// `redis.timeout_ms`.
+    pub fn redis_timeout_ms() -> u64 {
+        100
     }
     /// `routes.allow_prefixes`.
     pub fn allow_prefixes() -> Vec<String> {

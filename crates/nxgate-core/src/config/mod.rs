@@ -103,6 +103,8 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Where rate-limit state lives.
     pub rate_limit_backend: RateLimitBackend,
+    /// The Redis connection (used when `rate_limit_backend.kind` is Redis).
+    pub redis: RedisConfig,
     /// HTTPS identity of the proxy listeners; `None` = plain HTTP.
     pub listen_tls: Option<TlsIdentity>,
     /// The callback listener, if configured.
@@ -160,13 +162,77 @@ pub struct TlsIdentity {
 /// The validated `rate_limit_backend:` block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitBackend {
-    /// Local or Redis.
+    /// Local or Redis (then `GatewayConfig::redis` is the connection).
     pub kind: RateLimitKind,
-    /// Redis URL (validated when `kind` is Redis). It may hold a password, so it is kept
-    /// like a secret: redacted in `Debug`, zeroized on drop.
-    pub redis_url: Secret,
     /// Policy when Redis cannot answer.
     pub on_redis_error: OnRedisError,
+}
+
+/// The validated `redis:` block (or the older `rate_limit_backend.redis_url`): the one
+/// Redis connection every shared feature uses. Validated when Redis is used or `redis:`
+/// is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// The URL. It may hold a password, so it is kept like a secret: redacted in `Debug`,
+    /// zeroized on drop.
+    pub url: Secret,
+    /// Which field the URL came from, for messages.
+    pub url_field: &'static str,
+    /// `rediss://`: TLS to every node (Sentinels included).
+    pub tls: bool,
+    /// `host:port` of the URL (the master's seed with Sentinel or Cluster, unused there).
+    pub host: String,
+    /// The ACL user of the URL, if any (never the password).
+    pub username: Option<String>,
+    /// Whether the URL carries a password.
+    pub has_password: bool,
+    /// The database number of the URL.
+    pub db: i64,
+    /// `ca_file` as configured, for summaries.
+    pub ca_file: Option<PathBuf>,
+    /// The PEM text of `ca_file`, checked at load; added to the system roots.
+    pub extra_roots_pem: Vec<u8>,
+    /// Single server, Sentinel or Cluster.
+    pub topology: RedisTopology,
+    /// One operation's limit before `on_redis_error` applies.
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: Secret::new(file::defaults::redis_url().into_bytes()),
+            url_field: "redis.url",
+            tls: false,
+            host: "127.0.0.1:6379".to_owned(),
+            username: None,
+            has_password: false,
+            db: 0,
+            ca_file: None,
+            extra_roots_pem: Vec::new(),
+            topology: RedisTopology::Single,
+            timeout: Duration::from_millis(file::defaults::redis_timeout_ms()),
+        }
+    }
+}
+
+/// How the Redis servers are arranged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server, the URL's host.
+    Single,
+    /// Sentinels name the master; failovers are followed.
+    Sentinel {
+        /// The master's name in the Sentinels' config.
+        master_name: String,
+        /// Sentinel addresses, `host:port`.
+        nodes: Vec<String>,
+    },
+    /// A Redis Cluster, discovered from these seed nodes.
+    Cluster {
+        /// Seed nodes, `host:port`.
+        nodes: Vec<String>,
+    },
 }
 
 /// A tenant's GCRA limit.
@@ -351,30 +417,7 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
         },
     };
     let backend = &file.rate_limit_backend;
-    let (redis_url, url_field) = match &backend.redis_url_env {
-        None => (Some(backend.redis_url.clone()), "rate_limit_backend.redis_url"),
-        Some(var) => match env.var(var).map(|v| v.into_string()) {
-            Some(Ok(url)) => (Some(url), "rate_limit_backend.redis_url_env"),
-            Some(Err(_)) => {
-                p.add("rate_limit_backend.redis_url_env", format!("environment variable {var} is not UTF-8"));
-                (None, "")
-            }
-            None if backend.kind == RateLimitKind::Redis => {
-                p.add("rate_limit_backend.redis_url_env", format!("environment variable {var} is not set"));
-                (None, "")
-            }
-            None => (Some(backend.redis_url.clone()), "rate_limit_backend.redis_url"),
-        },
-    };
-    if backend.kind == RateLimitKind::Redis {
-        if let Some(url) = &redis_url {
-            match url.parse::<http::Uri>() {
-                Ok(u) if matches!(u.scheme_str(), Some("redis" | "rediss")) && u.host().is_some() => {}
-                // The URL may carry a password: do not echo it.
-                _ => p.add(url_field, "must be redis://[user:password@]host[:port][/db]"),
-            }
-        }
-    }
+    let redis = validate_redis(&file, base, env, &mut p);
 
     let listen_tls = file.listen_tls.as_ref().and_then(|t| read_tls_identity("listen_tls", t, base, &mut p));
     let callbacks = file.callbacks.as_ref().and_then(|c| validate_callbacks(c, &listen, admin_listen, base, &mut p));
@@ -394,11 +437,8 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
         callbacks,
         admin_listen,
         shutdown_grace: Duration::from_secs(file.shutdown_grace_secs),
-        rate_limit_backend: RateLimitBackend {
-            kind: backend.kind,
-            redis_url: Secret::new(redis_url.unwrap_or_default().into_bytes()),
-            on_redis_error: backend.on_redis_error,
-        },
+        rate_limit_backend: RateLimitBackend { kind: backend.kind, on_redis_error: backend.on_redis_error },
+        redis: redis.unwrap_or_default(),
         listen,
         upstream: upstream.expect("no problems means the upstream validated"),
         max_request_body_bytes,
@@ -410,6 +450,172 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
         idempotent_paths: file.routes.idempotent_paths,
         tenants,
         default_tenant,
+    })
+}
+
+/// Validates `redis:` (or the older `rate_limit_backend.redis_url[_env]`), when Redis is
+/// used or the block is written. Messages never echo the URL: it may carry a password.
+fn validate_redis(file: &FileConfig, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<RedisConfig> {
+    let backend = &file.rate_limit_backend;
+    let used = backend.kind == RateLimitKind::Redis;
+    let legacy = backend.redis_url.is_some() || backend.redis_url_env.is_some();
+    if file.redis.is_none() && !used {
+        return None;
+    }
+    let empty = file::RedisFile { timeout_ms: file::defaults::redis_timeout_ms(), ..Default::default() };
+    let block = file.redis.as_ref().unwrap_or(&empty);
+    if legacy && (block.url.is_some() || block.url_env.is_some()) {
+        let field = if backend.redis_url.is_some() {
+            "rate_limit_backend.redis_url"
+        } else {
+            "rate_limit_backend.redis_url_env"
+        };
+        p.add(field, "give the Redis URL once: in redis.url / redis.url_env or here, not both");
+        return None;
+    }
+    // The older fields live on as another spelling of the same two keys.
+    let (url, url_env, url_field, env_field) = if legacy {
+        (&backend.redis_url, &backend.redis_url_env, "rate_limit_backend.redis_url", "rate_limit_backend.redis_url_env")
+    } else {
+        (&block.url, &block.url_env, "redis.url", "redis.url_env")
+    };
+    let before = p.0.len();
+    let (text, field) = match url_env {
+        None => (url.clone().unwrap_or_else(file::defaults::redis_url), url_field),
+        Some(var) => match env.var(var).map(|v| v.into_string()) {
+            Some(Ok(u)) => (u, env_field),
+            Some(Err(_)) => {
+                p.add(env_field, format!("environment variable {var} is not UTF-8"));
+                (String::new(), env_field)
+            }
+            None => {
+                p.add(env_field, format!("environment variable {var} is not set"));
+                (String::new(), env_field)
+            }
+        },
+    };
+    let parsed = if p.0.len() == before { parse_redis_url(&text, field, p) } else { None };
+    if block.timeout_ms == 0 {
+        p.add("redis.timeout_ms", "must be greater than 0");
+    }
+    let extra_roots_pem = match &block.ca_file {
+        None => Vec::new(),
+        Some(f) => {
+            let path = resolve(base, f);
+            match read_pem_certs(&path).and_then(|_| crate::secret::read_small_file(&path, MAX_CA_FILE_BYTES)) {
+                Ok(pem) => pem,
+                Err(msg) => {
+                    p.add("redis.ca_file", msg);
+                    Vec::new()
+                }
+            }
+        }
+    };
+    if block.ca_file.is_some() && parsed.as_ref().is_some_and(|u| !u.tls) {
+        p.add("redis.ca_file", "only used with rediss:// (TLS); the URL is redis://");
+    }
+    let nodes = |field: &str, nodes: &[String], p: &mut Problems| {
+        if nodes.is_empty() {
+            p.add(field, "at least one host:port is required");
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            let ok =
+                n.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|v| v > 0));
+            if !ok || n.contains(['/', '@']) {
+                p.add(format!("{field}[{i}]"), format!("{n:?} is not host:port"));
+            }
+        }
+        nodes.to_vec()
+    };
+    let topology = match (&block.sentinel, &block.cluster) {
+        (Some(_), Some(_)) => {
+            p.add("redis.cluster", "give at most one of redis.sentinel and redis.cluster");
+            RedisTopology::Single
+        }
+        (Some(s), None) => {
+            if s.master_name.is_empty() || !s.master_name.bytes().all(|b| b.is_ascii_graphic()) {
+                p.add("redis.sentinel.master_name", "must be the master's name in the Sentinels' config");
+            }
+            let nodes = nodes("redis.sentinel.nodes", &s.nodes, p);
+            RedisTopology::Sentinel { master_name: s.master_name.clone(), nodes }
+        }
+        (None, Some(c)) => {
+            let nodes = nodes("redis.cluster.nodes", &c.nodes, p);
+            if parsed.as_ref().is_some_and(|u| u.db != 0) {
+                p.add(field, "Redis Cluster has only database 0");
+            }
+            RedisTopology::Cluster { nodes }
+        }
+        (None, None) => RedisTopology::Single,
+    };
+    if p.0.len() > before {
+        return None;
+    }
+    let u = parsed?;
+    Some(RedisConfig {
+        url: Secret::new(text.into_bytes()),
+        url_field: field,
+        tls: u.tls,
+        host: u.host,
+        username: u.username,
+        has_password: u.has_password,
+        db: u.db,
+        ca_file: block.ca_file.clone(),
+        extra_roots_pem,
+        topology,
+        timeout: Duration::from_millis(block.timeout_ms),
+    })
+}
+
+/// What `check` may show of a Redis URL: everything but the password.
+struct RedisUrlParts {
+    tls: bool,
+    host: String,
+    username: Option<String>,
+    has_password: bool,
+    db: i64,
+}
+
+fn parse_redis_url(url: &str, field: &str, p: &mut Problems) -> Option<RedisUrlParts> {
+    const FORM: &str = "must be redis:// or rediss://[user:password@]host[:port][/db]";
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        p.add(field, FORM);
+        return None;
+    };
+    let tls = match uri.scheme_str() {
+        Some("redis") => false,
+        Some("rediss") => true,
+        _ => {
+            p.add(field, FORM);
+            return None;
+        }
+    };
+    let Some(auth) = uri.authority().filter(|a| !a.host().is_empty()) else {
+        p.add(field, FORM);
+        return None;
+    };
+    let (userinfo, _) = auth.as_str().rsplit_once('@').unwrap_or(("", ""));
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let db = match uri.path().trim_start_matches('/') {
+        "" => 0,
+        n => match n.parse::<i64>() {
+            Ok(db) if db >= 0 => db,
+            _ => {
+                p.add(field, "the path must be a database number, e.g. /0");
+                return None;
+            }
+        },
+    };
+    if uri.query().is_some() {
+        p.add(field, "must not have a query; use the redis: keys instead");
+        return None;
+    }
+    Some(RedisUrlParts {
+        tls,
+        host: format!("{}:{}", auth.host(), auth.port_u16().unwrap_or(6379)),
+        username: (!user.is_empty()).then(|| user.to_owned()),
+        has_password: !password.is_empty(),
+        db,
     })
 }
 
