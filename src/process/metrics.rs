@@ -90,6 +90,47 @@ pub struct Metrics {
     pub callbacks: IntCounterVec,
     /// `nxgate_callback_delivery_duration_seconds{tenant}`: the exchange with the receiver.
     pub callback_delivery_duration: HistogramVec,
+    /// The listeners' edge: connections refused or cut before HTTP (`net::edge`).
+    pub edge: EdgeMetrics,
+}
+
+/// Every `listener` label of the edge families.
+pub const LISTENERS: [&str; 3] = ["proxy", "callbacks", "admin"];
+
+/// Every `reason` label of `nxgate_connections_closed_total`.
+pub const CLOSE_REASONS: [&str; 3] = ["handshake_timeout", "max_connections", "source_not_allowed"];
+
+/// `nxgate_connections_closed_total{listener,reason}` and `nxgate_open_connections{listener}`,
+/// every series exported at zero from the start.
+pub struct EdgeMetrics {
+    /// Connections closed at the edge, by listener and reason.
+    pub closed: IntCounterVec,
+    /// Connections open now, by listener.
+    pub open: IntGaugeVec,
+}
+
+impl EdgeMetrics {
+    fn new(registry: &Registry) -> Self {
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "nxgate_connections_closed_total",
+                "Connections closed before HTTP, by listener and reason (handshake_timeout, max_connections, source_not_allowed).",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(closed.clone())).expect("unique metric");
+        let open = IntGaugeVec::new(Opts::new("nxgate_open_connections", "Connections open now, by listener."), &["listener"])
+            .expect("valid metric");
+        registry.register(Box::new(open.clone())).expect("unique metric");
+        for listener in LISTENERS {
+            open.with_label_values(&[listener]);
+            for reason in CLOSE_REASONS {
+                closed.with_label_values(&[listener, reason]);
+            }
+        }
+        EdgeMetrics { closed, open }
+    }
 }
 
 impl Metrics {
@@ -171,6 +212,7 @@ impl Metrics {
             IntGauge::new("nxgate_upstream_backoff_tenants", "Tenants backing off now after NXCloud answered busy.")
                 .expect("valid metric");
         registry.register(Box::new(backoff_tenants.clone())).expect("unique metric");
+        let edge = EdgeMetrics::new(&registry);
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
@@ -197,6 +239,7 @@ impl Metrics {
             draining,
             callbacks,
             callback_delivery_duration,
+            edge,
         }
     }
 

@@ -1,0 +1,184 @@
+//! The edge of every listener: which connections are taken at all, and TLS under a deadline.
+//!
+//! Three checks run before a connection reaches the header deadline (`net::downstream`):
+//! - **Sources** ([`SourceFilter`]): Pingora's connection filter asks it about each peer
+//!   address right after `accept(2)`; a refused connection is closed there, before any byte
+//!   is read and before a task is spawned for it.
+//! - **Connection cap** ([`Edge`]): each listener holds at most `limits.max_connections`
+//!   connections; one more is closed at once, before any byte is read.
+//! - **TLS handshake deadline** ([`Edge`]): Pingora 0.9.1's listener does the TLS handshake
+//!   inside its per-connection task with a fixed 60 s limit, before the app sees the
+//!   stream (`core/services/listening.rs:232-252`), so a peer that never finishes a
+//!   handshake held its socket for a minute, and any deadline of ours only started after
+//!   it. The TLS listeners are therefore plain TCP to Pingora; [`Edge`] runs Pingora's own
+//!   rustls acceptor (`TlsSettings::build`, `Acceptor::tls_handshake`, the very calls the
+//!   listener makes) under `limits.request_header_timeout_ms` from the accept. The stream
+//!   the app gets is the same `TlsStream` Pingora's listener would have made, so ALPN
+//!   (h2), the SSL digest and certificate reload (`net::tls::CertStore`) are unchanged
+//!   (`docs/pingora.md` §12).
+//!
+//! The limits are read per connection from closures the server passes in (the live config),
+//! so a reload applies to the next connection; the counters are passed in too, as this layer
+//! knows no metrics registry.
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::listeners::ConnectionFilter;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use prometheus::{IntCounter, IntGauge};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::net::downstream::DeadlineSource;
+
+/// Whether a peer address may connect; read per connection.
+pub type SourcePolicy = Box<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
+/// The most connections a listener holds open (`None` = no cap); read per connection.
+pub type CapSource = Box<dyn Fn() -> Option<usize> + Send + Sync>;
+
+/// Pingora's connection filter for one listener: closes connections from sources the
+/// policy refuses, counting each.
+pub struct SourceFilter {
+    allows: SourcePolicy,
+    refused: IntCounter,
+}
+
+impl SourceFilter {
+    /// A filter admitting what `allows` admits; `refused` counts the others.
+    pub fn new(allows: SourcePolicy, refused: IntCounter) -> Self {
+        SourceFilter { allows, refused }
+    }
+}
+
+impl std::fmt::Debug for SourceFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceFilter")
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for SourceFilter {
+    async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
+        // Pingora passes no address only for Unix sockets; nxgate listens on TCP alone.
+        let Some(addr) = addr else { return true };
+        if (self.allows)(addr.ip()) {
+            return true;
+        }
+        self.refused.inc();
+        tracing::debug!(target: "nxgate::edge", peer = %addr, "source not allowed; closing the connection");
+        false
+    }
+}
+
+/// The counters one listener's [`Edge`] keeps.
+#[derive(Clone)]
+pub struct EdgeCounters {
+    /// Connections open now (`nxgate_open_connections{listener}`).
+    pub open: IntGauge,
+    /// Connections closed because the cap was reached.
+    pub over_cap: IntCounter,
+    /// Connections closed because the TLS handshake was not complete in time.
+    pub handshake_timeouts: IntCounter,
+}
+
+/// A listener's share of the cap: held for a connection's life, given back on drop.
+struct Slot<'a> {
+    open: &'a AtomicUsize,
+    gauge: &'a IntGauge,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+/// Serves `A` behind the connection cap and, on a TLS listener, the TLS handshake under
+/// the deadline; see the module docs.
+pub struct Edge<A> {
+    inner: Arc<A>,
+    tls: Option<Acceptor>,
+    deadline: DeadlineSource,
+    cap: CapSource,
+    open: AtomicUsize,
+    counters: EdgeCounters,
+}
+
+impl<A> Edge<A> {
+    /// Wraps `inner`. With `tls`, every connection's handshake must be complete within
+    /// `deadline()` (read at its accept) before `inner` sees it.
+    pub fn new(inner: A, tls: Option<Acceptor>, deadline: DeadlineSource, cap: CapSource, counters: EdgeCounters) -> Self {
+        Edge { inner: Arc::new(inner), tls, deadline, cap, open: AtomicUsize::new(0), counters }
+    }
+
+    /// Takes a slot under the cap, or `None` when the listener is full.
+    fn admit(&self) -> Option<Slot<'_>> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot { open: &self.open, gauge: &self.counters.open };
+        self.counters.open.inc();
+        if (self.cap)().is_some_and(|max| before >= max) {
+            // Dropping the slot gives the count back.
+            drop(slot);
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// The TLS stream over `stream`, or `None` (closed) if the handshake failed or was not
+    /// complete in time.
+    async fn handshake(&self, acceptor: &Acceptor, stream: Stream) -> Option<Stream> {
+        // The listener is plain TCP, so Pingora hands over its own L4 stream, boxed: the
+        // acceptor takes it as the listener itself would have.
+        let l4 = match stream.into_any().downcast::<L4Stream>() {
+            Ok(l4) => *l4,
+            Err(_) => {
+                tracing::error!(target: "nxgate::edge", "a TLS listener accepted a stream that is not plain TCP");
+                return None;
+            }
+        };
+        let deadline = (self.deadline)();
+        match tokio::time::timeout(deadline, acceptor.tls_handshake(l4)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(target: "nxgate::edge", error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                self.counters.handshake_timeouts.inc();
+                let timeout_ms = deadline.as_millis() as u64;
+                tracing::info!(target: "nxgate::edge", timeout_ms, "TLS handshake not complete in time; closing the connection");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let Some(_slot) = self.admit() else {
+            self.counters.over_cap.inc();
+            tracing::debug!(target: "nxgate::edge", "connection cap reached; closing the connection");
+            return None;
+        };
+        let mut stream = match &self.tls {
+            Some(acceptor) => self.handshake(acceptor, stream).await?,
+            None => stream,
+        };
+        // Pingora's own loop (`Service::handle_event`), run here so the slot is held for
+        // as long as the connection is served.
+        loop {
+            stream = self.inner.process_new(stream, shutdown).await?;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
