@@ -113,7 +113,13 @@ pub struct Edge<A> {
 impl<A> Edge<A> {
     /// Wraps `inner`. With `tls`, every connection's handshake must be complete within
     /// `deadline()` (read at its accept) before `inner` sees it.
-    pub fn new(inner: A, tls: Option<Acceptor>, deadline: DeadlineSource, cap: CapSource, counters: EdgeCounters) -> Self {
+    pub fn new(
+        inner: A,
+        tls: Option<Acceptor>,
+        deadline: DeadlineSource,
+        cap: CapSource,
+        counters: EdgeCounters,
+    ) -> Self {
         Edge { inner: Arc::new(inner), tls, deadline, cap, open: AtomicUsize::new(0), counters }
     }
 

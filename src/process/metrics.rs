@@ -120,8 +120,9 @@ impl EdgeMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(closed.clone())).expect("unique metric");
-        let open = IntGaugeVec::new(Opts::new("nxgate_open_connections", "Connections open now, by listener."), &["listener"])
-            .expect("valid metric");
+        let open =
+            IntGaugeVec::new(Opts::new("nxgate_open_connections", "Connections open now, by listener."), &["listener"])
+                .expect("valid metric");
         registry.register(Box::new(open.clone())).expect("unique metric");
         for listener in LISTENERS {
             open.with_label_values(&[listener]);

@@ -190,7 +190,10 @@ impl Gateway {
                 app,
                 &bound.callbacks,
                 callbacks,
-                EdgeSpec { label: "callbacks", sources: |c| c.callbacks.as_ref().and_then(|c| c.allow_sources.as_ref()) },
+                EdgeSpec {
+                    label: "callbacks",
+                    sources: |c| c.callbacks.as_ref().and_then(|c| c.allow_sources.as_ref()),
+                },
                 &bound,
                 &live,
                 &metrics,
