@@ -24,7 +24,10 @@
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
-use pingora::listeners::ConnectionFilter;
+// Through the `connection_filter` module, which exists only with Pingora's feature of that
+// name: without it `Service::set_connection_filter` compiles but does nothing, and the
+// allowlists would silently admit everyone. This path makes that a build error instead.
+use pingora::listeners::connection_filter::ConnectionFilter;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;

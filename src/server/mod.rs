@@ -44,7 +44,6 @@ pub const RUNTIME_SHUTDOWN_SECS: u64 = 5;
 /// only while it is written (`net::downstream::WRITE_COALESCE_BYTES`), and Pingora's parser
 /// reads into its own buffers (`docs/pingora.md` §11).
 fn caller_service<A: HttpServerApp + Send + Sync + 'static>(
-    name: &str,
     app: A,
     addrs: &[SocketAddr],
     tls: Option<&Arc<CertStore>>,
@@ -57,11 +56,13 @@ fn caller_service<A: HttpServerApp + Send + Sync + 'static>(
     let app = HeaderDeadline::new(app, header_deadline(live), metrics.header_timeouts.clone());
     let acceptor = tls.map(|store| store.settings().build());
     let endpoints = addrs.iter().map(|addr| listener(*addr, bound).l4_buffer(L4BufferSettings::unbuffered()));
-    edge_service(name, app, acceptor, endpoints, edge, live, metrics)
+    edge_service(app, acceptor, endpoints, edge, live, metrics)
 }
 
 /// Which listener a service is, and which sources it accepts.
 struct EdgeSpec {
+    /// The service's name (Pingora's logs).
+    name: &'static str,
     /// The `listener` label: `proxy`, `callbacks` or `admin`.
     label: &'static str,
     /// The allowlist, read from the live config per connection.
@@ -70,7 +71,6 @@ struct EdgeSpec {
 
 /// A service serving `app` behind the edge (`net::edge`) on `endpoints`.
 fn edge_service<A: ServerApp + Send + Sync + 'static>(
-    name: &str,
     app: A,
     tls: Option<Acceptor>,
     endpoints: impl Iterator<Item = ListenerConfig>,
@@ -87,7 +87,7 @@ fn edge_service<A: ServerApp + Send + Sync + 'static>(
     let cap_live = live.clone();
     let cap: CapSource = Box::new(move || cap_live.load().config.max_connections);
     let edge = Edge::new(app, tls, header_deadline(live), cap, counters);
-    let mut svc = Service::new(name.to_owned(), edge);
+    let mut svc = Service::new(spec.name.to_owned(), edge);
     for endpoint in endpoints {
         svc.add_listener(endpoint);
     }
@@ -170,27 +170,18 @@ impl Gateway {
         let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone(), tls.clone()));
 
         let app = NxGate::new(live.clone(), metrics.clone(), lifecycle.clone());
-        let proxy = EdgeSpec { label: "proxy", sources: |c| c.listen_allow_sources.as_ref() };
-        server.add_service(caller_service(
-            "nxgate",
-            app,
-            &bound.listen,
-            tls.proxy.as_ref(),
-            proxy,
-            &bound,
-            &live,
-            &metrics,
-        ));
+        let proxy = EdgeSpec { name: "nxgate", label: "proxy", sources: |c| c.listen_allow_sources.as_ref() };
+        server.add_service(caller_service(app, &bound.listen, tls.proxy.as_ref(), proxy, &bound, &live, &metrics));
 
         if !bound.callbacks.is_empty() {
             let app = CallbackApp::new(live.clone(), metrics.clone(), lifecycle.clone());
             let callbacks = tls.callbacks.as_ref();
             server.add_service(caller_service(
-                "nxgate callbacks",
                 app,
                 &bound.callbacks,
                 callbacks,
                 EdgeSpec {
+                    name: "nxgate callbacks",
                     label: "callbacks",
                     sources: |c| c.callbacks.as_ref().and_then(|c| c.allow_sources.as_ref()),
                 },
@@ -203,9 +194,9 @@ impl Gateway {
         if let Some(addr) = bound.admin {
             let admin = AdminApp { lifecycle: lifecycle.clone(), metrics: metrics.clone(), reloader: reloader.clone() };
             let deadline = HeaderDeadline::new(admin, header_deadline(&live), metrics.header_timeouts.clone());
-            let spec = EdgeSpec { label: "admin", sources: |c| c.admin_allow_sources.as_ref() };
+            let spec = EdgeSpec { name: "nxgate admin", label: "admin", sources: |c| c.admin_allow_sources.as_ref() };
             let endpoints = std::iter::once(listener(addr, &bound));
-            server.add_service(edge_service("nxgate admin", deadline, None, endpoints, spec, &live, &metrics));
+            server.add_service(edge_service(deadline, None, endpoints, spec, &live, &metrics));
         }
         let housekeeping = Housekeeping {
             bound: bound.clone(),
