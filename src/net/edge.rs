@@ -29,7 +29,7 @@ use pingora::listeners::tls::Acceptor;
 // allowlists would silently admit everyone. This path makes that a build error instead.
 use pingora::listeners::connection_filter::ConnectionFilter;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Peek, Stream};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
 use std::net::{IpAddr, SocketAddr};
@@ -144,7 +144,7 @@ impl<A> Edge<A> {
     async fn handshake(&self, acceptor: &Acceptor, stream: Stream) -> Option<Stream> {
         // The listener is plain TCP, so Pingora hands over its own L4 stream, boxed: the
         // acceptor takes it as the listener itself would have.
-        let l4 = match stream.into_any().downcast::<L4Stream>() {
+        let mut l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(l4) => *l4,
             Err(_) => {
                 tracing::error!(target: "nxgate::edge", "a TLS listener accepted a stream that is not plain TCP");
@@ -152,10 +152,20 @@ impl<A> Edge<A> {
             }
         };
         let deadline = (self.deadline)();
-        match tokio::time::timeout(deadline, acceptor.tls_handshake(l4)).await {
+        let handshake = async move {
+            // Wait for the hello's first byte holding only the socket: the handshake's
+            // state (its future, boxed so that it is allocated only now, and rustls'
+            // connection and buffers) is made only for a peer that has started one, so a
+            // flood of silent sockets costs little more than the sockets. The byte is read
+            // and put back for the handshake to read.
+            let mut first = [0u8; 1];
+            l4.try_peek(&mut first).await.map_err(|e| e.to_string())?;
+            Box::pin(acceptor.tls_handshake(l4)).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(deadline, handshake).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
-            Ok(Err(e)) => {
-                tracing::debug!(target: "nxgate::edge", error = %e, "TLS handshake failed");
+            Ok(Err(error)) => {
+                tracing::debug!(target: "nxgate::edge", error, "TLS handshake failed");
                 None
             }
             Err(_) => {
