@@ -381,6 +381,17 @@ fn sources_outside_the_allowlists_are_closed_at_accept_on_every_listener() {
     for listener in ["proxy", "callbacks", "admin"] {
         assert_eq!(closed(&gw, listener, "source_not_allowed"), 1.0, "{listener}");
     }
+
+    // A reload applies to the next connection: the proxy now takes 127.0.0.2 only.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let reloaded =
+        text.replace(&format!("listen_allow_sources: {only_loopback}"), "listen_allow_sources: [\"127.0.0.2/32\"]");
+    assert_ne!(text, reloaded);
+    std::fs::write(&gw.config_path, reloaded).unwrap();
+    assert_eq!(gw.admin_post("/reload").unwrap().status, 200);
+    assert_eq!(status_from(outsider, gw.addr, &ping("allowed after the reload")), Some(200));
+    assert_eq!(status_from(insider, gw.addr, &ping("refused after the reload")), None);
+    assert_eq!(closed(&gw, "proxy", "source_not_allowed"), 2.0);
 }
 
 /// Every edge series is in the first scrape, at zero (the README table's families are

@@ -201,3 +201,61 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
         self.inner.cleanup().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    fn counters() -> EdgeCounters {
+        EdgeCounters {
+            open: IntGauge::new("o", "o").unwrap(),
+            over_cap: IntCounter::new("c", "c").unwrap(),
+            handshake_timeouts: IntCounter::new("h", "h").unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_cap_admits_up_to_its_value_gives_slots_back_on_drop_and_follows_the_live_value() {
+        let cap = Arc::new(AtomicU64::new(2));
+        let live = cap.clone();
+        let edge = Edge::new(
+            (),
+            None,
+            Box::new(|| Duration::from_secs(1)),
+            Box::new(move || Some(live.load(Ordering::Relaxed) as usize)),
+            counters(),
+        );
+        let (a, b) = (edge.admit().unwrap(), edge.admit().unwrap());
+        assert!(edge.admit().is_none(), "the third connection is over a cap of 2");
+        assert_eq!(edge.counters.open.get(), 2, "a refused connection is not left counted as open");
+        drop(a);
+        let c = edge.admit().expect("a slot given back is taken again");
+        cap.store(3, Ordering::Relaxed);
+        let d = edge.admit().expect("a raised cap applies to the next connection");
+        assert_eq!(edge.counters.open.get(), 3);
+        drop((b, c, d));
+        assert_eq!((edge.open.load(Ordering::Relaxed), edge.counters.open.get()), (0, 0));
+    }
+
+    #[test]
+    fn no_cap_admits_everyone() {
+        let edge = Edge::new((), None, Box::new(|| Duration::from_secs(1)), Box::new(|| None), counters());
+        let slots: Vec<_> = (0..1000).map(|_| edge.admit().unwrap()).collect();
+        assert_eq!(edge.counters.open.get(), 1000);
+        drop(slots);
+        assert_eq!(edge.counters.open.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_source_filter_counts_what_it_refuses() {
+        let refused = IntCounter::new("r", "r").unwrap();
+        let filter = SourceFilter::new(Box::new(|ip| ip == IpAddr::from([127, 0, 0, 1])), refused.clone());
+        let addr = |a: [u8; 4]| SocketAddr::from((a, 40000));
+        assert!(filter.should_accept(Some(&addr([127, 0, 0, 1]))).await);
+        assert!(!filter.should_accept(Some(&addr([127, 0, 0, 2]))).await);
+        assert!(filter.should_accept(None).await, "no address: not a TCP peer");
+        assert_eq!(refused.get(), 1);
+    }
+}
