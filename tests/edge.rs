@@ -81,6 +81,13 @@ fn vm_rss_kb(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// This process's soft limit on open files (the gateway inherits it).
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
 /// How a connection ended: after how long (from its connect), and with how many bytes from
 /// the gateway; `None` if it was still open at the limit.
 type Ended = Option<(Duration, usize)>;
@@ -128,6 +135,8 @@ fn silent_floods_on_both_tls_listeners_are_closed_at_the_deadline_while_a_callba
     const PER_LISTENER: usize = 3000;
     let deadline = Duration::from_millis(2000);
     let settle: u64 = std::env::var("NXGATE_EDGE_SETTLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let nofile = open_files_limit();
+    assert!(nofile >= 8192, "the flood needs `ulimit -n` of at least 8192 (scripts/test.sh raises it); it is {nofile}");
     let pki = Pki::new();
     let r = TestReceiver::start();
     let emu = Emulator::start();
