@@ -97,8 +97,31 @@ pub struct Metrics {
 /// Every `listener` label of the edge families.
 pub const LISTENERS: [&str; 3] = ["proxy", "callbacks", "admin"];
 
-/// Every `reason` label of `nxgate_connections_closed_total`.
-pub const CLOSE_REASONS: [&str; 3] = ["handshake_timeout", "max_connections", "source_not_allowed"];
+/// Why a connection was closed before HTTP: the `reason` of `nxgate_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A TLS handshake not complete within the header deadline.
+    HandshakeTimeout,
+    /// The listener already held `limits.max_connections`.
+    MaxConnections,
+    /// The peer is outside the listener's allowlist.
+    SourceNotAllowed,
+}
+
+impl CloseReason {
+    /// Every reason, for exporting each series at zero.
+    pub const ALL: [CloseReason; 3] =
+        [CloseReason::HandshakeTimeout, CloseReason::MaxConnections, CloseReason::SourceNotAllowed];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::MaxConnections => "max_connections",
+            CloseReason::SourceNotAllowed => "source_not_allowed",
+        }
+    }
+}
 
 /// `nxgate_connections_closed_total{listener,reason}` and `nxgate_open_connections{listener}`,
 /// every series exported at zero from the start.
@@ -126,11 +149,23 @@ impl EdgeMetrics {
         registry.register(Box::new(open.clone())).expect("unique metric");
         for listener in LISTENERS {
             open.with_label_values(&[listener]);
-            for reason in CLOSE_REASONS {
-                closed.with_label_values(&[listener, reason]);
+            for reason in CloseReason::ALL {
+                closed.with_label_values(&[listener, reason.as_str()]);
             }
         }
         EdgeMetrics { closed, open }
+    }
+
+    /// The counter of `listener` (one of [`LISTENERS`]) for `reason`.
+    pub fn closed(&self, listener: &str, reason: CloseReason) -> prometheus::IntCounter {
+        debug_assert!(LISTENERS.contains(&listener), "{listener} is not a listener label");
+        self.closed.with_label_values(&[listener, reason.as_str()])
+    }
+
+    /// The open-connections gauge of `listener` (one of [`LISTENERS`]).
+    pub fn open(&self, listener: &str) -> IntGauge {
+        debug_assert!(LISTENERS.contains(&listener), "{listener} is not a listener label");
+        self.open.with_label_values(&[listener])
     }
 }
 

@@ -24,7 +24,7 @@ use crate::net::edge::{CapSource, Edge, EdgeCounters, SourceFilter, SourcePolicy
 use crate::net::keepalive::LeanHttp;
 use crate::net::tls::CertStore;
 use crate::process::lifecycle::{Lifecycle, Signals};
-use crate::process::metrics::Metrics;
+use crate::process::metrics::{CloseReason, Metrics};
 use crate::proxy::{NxGate, DOWNSTREAM_KEEPALIVE_SECS};
 use crate::server::admin::{AdminApp, Housekeeping};
 use crate::server::bind::Bound;
@@ -78,11 +78,11 @@ fn edge_service<A: ServerApp + Send + Sync + 'static>(
     live: &Live,
     metrics: &Metrics,
 ) -> Service<Edge<A>> {
-    let closed = |reason: &str| metrics.edge.closed.with_label_values(&[spec.label, reason]);
+    let closed = |reason| metrics.edge.closed(spec.label, reason);
     let counters = EdgeCounters {
-        open: metrics.edge.open.with_label_values(&[spec.label]),
-        over_cap: closed("max_connections"),
-        handshake_timeouts: closed("handshake_timeout"),
+        open: metrics.edge.open(spec.label),
+        over_cap: closed(CloseReason::MaxConnections),
+        handshake_timeouts: closed(CloseReason::HandshakeTimeout),
     };
     let cap_live = live.clone();
     let cap: CapSource = Box::new(move || cap_live.load().config.max_connections);
@@ -93,7 +93,7 @@ fn edge_service<A: ServerApp + Send + Sync + 'static>(
     }
     let (sources_live, sources) = (live.clone(), spec.sources);
     let allows: SourcePolicy = Box::new(move |ip| sources(&sources_live.load().config).is_none_or(|l| l.allows(ip)));
-    svc.set_connection_filter(Arc::new(SourceFilter::new(allows, closed("source_not_allowed"))));
+    svc.set_connection_filter(Arc::new(SourceFilter::new(allows, closed(CloseReason::SourceNotAllowed))));
     svc
 }
 
