@@ -21,6 +21,9 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 summary() { awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"; }
 status=0
+# tests/edge.rs floods each TLS listener with 3,000 connections: the test and the gateway
+# each hold about 6,000 descriptors. Raise the soft limit to the hard one where allowed.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 RUST_TEST_THREADS="${NXGATE_TEST_THREADS:-4}" cargo test --locked --workspace --exclude nxgate-fuzz --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
 if [ "$status" -ne 0 ]; then
   summary

@@ -33,6 +33,8 @@ fn check_accepts_a_valid_config_and_prints_a_summary_without_secrets() {
     );
     // Which calls may reach NXCloud twice is part of what a reviewer must see.
     assert!(stdout.contains("sent again after a broken connection: /callcentre/api/v3/ping, "), "{stdout}");
+    assert!(stdout.contains("connections per listener: no cap\n"), "{stdout}");
+    assert!(stdout.contains("sources allowed: listen any; admin any\n"), "{stdout}");
     for s in NEVER_LOGGED {
         assert!(!stdout.contains(s));
     }
@@ -46,7 +48,12 @@ fn check_prints_the_callback_listener_its_receivers_and_tls_files() {
     std::fs::write(dir.path().join("cb.pem"), cert.pem()).unwrap();
     std::fs::write(dir.path().join("cb.key"), key.serialize_pem()).unwrap();
     let mut opts = GatewayOptions::new("https://nxbot.nxcloud.com".into());
-    opts.extra_top = "callbacks:\n  listen: [\"127.0.0.1:8443\"]\n  forward_to: \"http://10.0.0.5:8081\"\n  tls: { cert_file: cb.pem, key_file: cb.key }\n".into();
+    opts.extra_top = [
+        "limits:\n  max_connections: 5000\nadmin_allow_sources: [\"127.0.0.1/32\"]\n",
+        "callbacks:\n  listen: [\"127.0.0.1:8443\"]\n  forward_to: \"http://10.0.0.5:8081\"\n",
+        "  tls: { cert_file: cb.pem, key_file: cb.key }\n  allow_sources: [\"203.0.113.0/24\", \"198.51.100.7\"]\n",
+    ]
+    .concat();
     opts.tenant_b_extra = "    callbacks_forward_to: \"http://sales-svc:9000\"\n".into();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, opts.yaml("127.0.0.1:8080".parse().unwrap())).unwrap();
@@ -56,6 +63,11 @@ fn check_prints_the_callback_listener_its_receivers_and_tls_files() {
     assert!(stdout.contains("callbacks: listen 127.0.0.1:8443 (HTTPS, cert cb.pem, key cb.key)"), "{stdout}");
     assert!(stdout.contains("receiver http://10.0.0.5:8081"), "{stdout}");
     assert!(stdout.contains("receiver for tenant-b: http://sales-svc:9000"), "{stdout}");
+    assert!(stdout.contains("connections per listener: at most 5000, TLS handshake within 10000 ms\n"), "{stdout}");
+    assert!(
+        stdout.contains("sources allowed: listen any; admin 127.0.0.1/32; callbacks 203.0.113.0/24, 198.51.100.7/32\n"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("PRIVATE KEY"));
 }
 

@@ -693,6 +693,18 @@ fn edge_config_serves_many_teams_by_key_with_tighter_limits() {
     let limit = |v: &Value, k: &str| int(&v["limits"][k]);
     assert!(limit(&edge, "max_request_body_bytes") < limit(&defaults, "max_request_body_bytes"));
     assert!(int(&edge["upstream"]["total_timeout_ms"]) < int(&defaults["upstream"]["total_timeout_ms"]));
+
+    // The edge: sources restricted where they are known, capped listeners that together
+    // stay under the unit's descriptor limit, and the callback allowlist shown commented,
+    // since NXCloud publishes no egress ranges.
+    assert!(!edge["listen_allow_sources"].as_sequence().unwrap().is_empty());
+    assert!(!edge["admin_allow_sources"].as_sequence().unwrap().is_empty());
+    let settings = unit_settings(&read("deploy/systemd/nxgate.service"), "Service");
+    let nofile: i64 = unit_values(&settings, "LimitNOFILE")[0].parse().unwrap();
+    let cap = limit(&edge, "max_connections");
+    assert!(cap > 0 && 3 * cap < nofile, "3 listeners x max_connections {cap} vs LimitNOFILE={nofile}");
+    assert!(edge["callbacks"]["allow_sources"].is_null());
+    assert!(read("conf/edge.yaml").contains("\n  # allow_sources: ["), "the callback allowlist is shown, commented");
 }
 
 // ---------------------------------------------------------------- the sidecar, served

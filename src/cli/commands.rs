@@ -10,7 +10,7 @@ use crate::policy::exchange::{self, ExchangeReport, Nxcloud, Outbound};
 use crate::policy::{gcra, replay};
 use crate::server::{self, StartMode};
 use nxgate_core::config::{
-    self, GatewayConfig, OnRedisError, RateLimitKind, RedisConfig, RedisTopology, Tenant, VerifyMode,
+    self, GatewayConfig, OnRedisError, RateLimitKind, RedisConfig, RedisTopology, SourceList, Tenant, VerifyMode,
 };
 use nxgate_core::secret::{self, Secret};
 use nxgate_core::signing::{self, Algorithm, SigningInput};
@@ -219,6 +219,23 @@ pub fn summary(c: &GatewayConfig) -> String {
             ))
         }
     }
+    // What an internet-facing listener lets in, so a reviewer sees an open edge.
+    let cap = c.max_connections.map_or("no cap".to_owned(), |n| format!("at most {n}"));
+    out.push_str(&format!("connections per listener: {cap}"));
+    if c.listen_tls.is_some() || c.callbacks.as_ref().is_some_and(|cb| cb.tls.is_some()) {
+        out.push_str(&format!(", TLS handshake within {} ms", c.request_header_timeout.as_millis()));
+    }
+    out.push('\n');
+    let sources = |l: Option<&SourceList>| l.map_or("any".to_owned(), |l| l.to_string());
+    out.push_str(&format!(
+        "sources allowed: listen {}; admin {}",
+        sources(c.listen_allow_sources.as_ref()),
+        sources(c.admin_allow_sources.as_ref())
+    ));
+    if let Some(cb) = &c.callbacks {
+        out.push_str(&format!("; callbacks {}", sources(cb.allow_sources.as_ref())));
+    }
+    out.push('\n');
     out.push_str(&format!("tenants: {}\n", c.tenants.len()));
     for (i, t) in c.tenants.iter().enumerate() {
         let default = if c.default_tenant == Some(i) { ", default" } else { "" };

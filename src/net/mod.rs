@@ -1,8 +1,9 @@
-//! Transport, the lowest layer: the caller's connection (framing, header deadline,
-//! keep-alive, TLS), NXCloud's and the receivers' (the upstream connector), and Redis.
+//! Transport, the lowest layer: the caller's connection (source allowlist, connection cap,
+//! TLS under a deadline, framing, header deadline, keep-alive), NXCloud's and the receivers' (the upstream connector), and Redis.
 
 pub mod body;
 pub mod downstream;
+pub mod edge;
 pub mod keepalive;
 pub mod redis;
 pub mod tls;

@@ -76,8 +76,9 @@ impl CertStore {
         self.current.store(pair);
     }
 
-    /// Pingora's settings for one listener, answering handshakes from this store and
-    /// offering h2 and HTTP/1.1 by ALPN.
+    /// Pingora's TLS settings for one listener, answering handshakes from this store and
+    /// offering h2 and HTTP/1.1 by ALPN; `net::edge` builds them into the acceptor it runs
+    /// under the handshake deadline.
     pub fn settings(self: &Arc<Self>) -> pingora::listeners::tls::TlsSettings {
         let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
             .expect("intermediate() without files cannot fail");

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub callback_delivery_duration: HistogramVec,
     /// `nxgate_redis_up` and `nxgate_redis_errors_total{reason}`.
     pub redis: RedisFamilies,
+    /// The listeners' edge: connections refused or cut before HTTP (`net::edge`).
+    pub edge: EdgeMetrics,
 }
 
 /// The Redis connection's families (issue 23), kept in one block.
@@ -130,6 +132,81 @@ impl Metrics {
             errors: self.redis.errors.clone(),
             call_errors: self.backend_errors.clone(),
         }
+    }
+}
+
+/// Every `listener` label of the edge families.
+pub const LISTENERS: [&str; 3] = ["proxy", "callbacks", "admin"];
+
+/// Why a connection was closed before HTTP: the `reason` of `nxgate_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A TLS handshake not complete within the header deadline.
+    HandshakeTimeout,
+    /// The listener already held `limits.max_connections`.
+    MaxConnections,
+    /// The peer is outside the listener's allowlist.
+    SourceNotAllowed,
+}
+
+impl CloseReason {
+    /// Every reason, for exporting each series at zero.
+    pub const ALL: [CloseReason; 3] =
+        [CloseReason::HandshakeTimeout, CloseReason::MaxConnections, CloseReason::SourceNotAllowed];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::MaxConnections => "max_connections",
+            CloseReason::SourceNotAllowed => "source_not_allowed",
+        }
+    }
+}
+
+/// `nxgate_connections_closed_total{listener,reason}` and `nxgate_open_connections{listener}`,
+/// every series exported at zero from the start.
+pub struct EdgeMetrics {
+    /// Connections closed at the edge, by listener and reason.
+    pub closed: IntCounterVec,
+    /// Connections open now, by listener.
+    pub open: IntGaugeVec,
+}
+
+impl EdgeMetrics {
+    fn new(registry: &Registry) -> Self {
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "nxgate_connections_closed_total",
+                "Connections closed before HTTP, by listener and reason (handshake_timeout, max_connections, source_not_allowed).",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(closed.clone())).expect("unique metric");
+        let open =
+            IntGaugeVec::new(Opts::new("nxgate_open_connections", "Connections open now, by listener."), &["listener"])
+                .expect("valid metric");
+        registry.register(Box::new(open.clone())).expect("unique metric");
+        for listener in LISTENERS {
+            open.with_label_values(&[listener]);
+            for reason in CloseReason::ALL {
+                closed.with_label_values(&[listener, reason.as_str()]);
+            }
+        }
+        EdgeMetrics { closed, open }
+    }
+
+    /// The counter of `listener` (one of [`LISTENERS`]) for `reason`.
+    pub fn closed(&self, listener: &str, reason: CloseReason) -> prometheus::IntCounter {
+        debug_assert!(LISTENERS.contains(&listener), "{listener} is not a listener label");
+        self.closed.with_label_values(&[listener, reason.as_str()])
+    }
+
+    /// The open-connections gauge of `listener` (one of [`LISTENERS`]).
+    pub fn open(&self, listener: &str) -> IntGauge {
+        debug_assert!(LISTENERS.contains(&listener), "{listener} is not a listener label");
+        self.open.with_label_values(&[listener])
     }
 }
 
@@ -212,6 +289,7 @@ impl Metrics {
             IntGauge::new("nxgate_upstream_backoff_tenants", "Tenants backing off now after NXCloud answered busy.")
                 .expect("valid metric");
         registry.register(Box::new(backoff_tenants.clone())).expect("unique metric");
+        let edge = EdgeMetrics::new(&registry);
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
@@ -240,6 +318,7 @@ impl Metrics {
             callbacks,
             callback_delivery_duration,
             redis,
+            edge,
         }
     }
 

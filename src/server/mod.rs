@@ -6,7 +6,8 @@ pub mod admin;
 pub mod bind;
 pub mod reload;
 
-use pingora::apps::HttpServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
@@ -18,46 +19,81 @@ use std::sync::Arc;
 
 use crate::callbacks::Callbacks;
 use crate::net::downstream::{DeadlineSource, HeaderDeadline};
+use crate::net::edge::{CapSource, Edge, EdgeCounters, SourceFilter, SourcePolicy};
 use crate::net::keepalive::{LeanHttp, KEEPALIVE};
 use crate::net::tls::{CertStore, TlsError};
 use crate::process::lifecycle::{Lifecycle, Signals};
-use crate::process::metrics::Metrics;
+use crate::process::metrics::{CloseReason, Metrics};
 use crate::proxy::Proxy;
 use crate::server::admin::{AdminApp, Housekeeping};
 use crate::server::bind::{BindError, Bound};
 use crate::server::reload::{Reloader, TlsStores};
 use crate::shell::Shell;
 use crate::state::{self, Live};
-use nxgate_core::config::GatewayConfig;
+use nxgate_core::config::{GatewayConfig, SourceList};
 
 /// Seconds each runtime gets to finish its tasks once the grace period is over.
 pub const RUNTIME_SHUTDOWN_SECS: u64 = 5;
 
 /// A caller-facing service (the proxy, the callback listener): `app` behind the lean
-/// HTTP/1 loop and the header deadline, on `addrs`, with TLS when `tls` is set. The listeners
-/// have no L4 buffers: Pingora's defaults (64 KiB read, 1,460 bytes write) are allocated per
+/// HTTP/1 loop, the header deadline and the listener's edge (source allowlist, connection
+/// cap, TLS under the deadline when `tls` is set), on `addrs`. The listeners are plain TCP
+/// to Pingora even with TLS: `net::edge` does the handshake, under the deadline. They have
+/// no L4 buffers: Pingora's defaults (64 KiB read, 1,460 bytes write) are allocated per
 /// connection and kept while it idles; the guarded stream gathers a response's writes itself,
 /// only while it is written (`net::downstream::WRITE_COALESCE_BYTES`), and Pingora's parser
 /// reads into its own buffers (`docs/pingora.md` §11).
 fn caller_service<A: HttpServerApp + Send + Sync + 'static>(
-    name: &str,
     app: A,
     addrs: &[SocketAddr],
     tls: Option<&Arc<CertStore>>,
+    edge: EdgeSpec,
     bound: &Bound,
     live: &Live,
     metrics: &Metrics,
-) -> Service<HeaderDeadline<LeanHttp<A>>> {
+) -> Service<Edge<HeaderDeadline<LeanHttp<A>>>> {
     let app = LeanHttp::new(app, KEEPALIVE);
-    let mut svc =
-        Service::new(name.to_owned(), HeaderDeadline::new(app, header_deadline(live), metrics.header_timeouts.clone()));
-    for addr in addrs {
-        let mut endpoint = listener(*addr, bound).l4_buffer(L4BufferSettings::unbuffered());
-        if let Some(store) = tls {
-            endpoint = endpoint.tls(store.settings());
-        }
+    let app = HeaderDeadline::new(app, header_deadline(live), metrics.header_timeouts.clone());
+    let acceptor = tls.map(|store| store.settings().build());
+    let endpoints = addrs.iter().map(|addr| listener(*addr, bound).l4_buffer(L4BufferSettings::unbuffered()));
+    edge_service(app, acceptor, endpoints, edge, live, metrics)
+}
+
+/// Which listener a service is, and which sources it accepts.
+struct EdgeSpec {
+    /// The service's name (Pingora's logs).
+    name: &'static str,
+    /// The `listener` label: `proxy`, `callbacks` or `admin`.
+    label: &'static str,
+    /// The allowlist, read from the live config per connection.
+    sources: fn(&GatewayConfig) -> Option<&SourceList>,
+}
+
+/// A service serving `app` behind the edge (`net::edge`) on `endpoints`.
+fn edge_service<A: ServerApp + Send + Sync + 'static>(
+    app: A,
+    tls: Option<Acceptor>,
+    endpoints: impl Iterator<Item = ListenerConfig>,
+    spec: EdgeSpec,
+    live: &Live,
+    metrics: &Metrics,
+) -> Service<Edge<A>> {
+    let closed = |reason| metrics.edge.closed(spec.label, reason);
+    let counters = EdgeCounters {
+        open: metrics.edge.open(spec.label),
+        over_cap: closed(CloseReason::MaxConnections),
+        handshake_timeouts: closed(CloseReason::HandshakeTimeout),
+    };
+    let cap_live = live.clone();
+    let cap: CapSource = Box::new(move || cap_live.load().config.max_connections);
+    let edge = Edge::new(app, tls, header_deadline(live), cap, counters);
+    let mut svc = Service::new(spec.name.to_owned(), edge);
+    for endpoint in endpoints {
         svc.add_listener(endpoint);
     }
+    let (sources_live, sources) = (live.clone(), spec.sources);
+    let allows: SourcePolicy = Box::new(move |ip| sources(&sources_live.load().config).is_none_or(|l| l.allows(ip)));
+    svc.set_connection_filter(Arc::new(SourceFilter::new(allows, closed(CloseReason::SourceNotAllowed))));
     svc
 }
 
@@ -145,16 +181,21 @@ impl Gateway {
         let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone(), tls.clone()));
 
         let app = Shell::new(Proxy(live.clone()), lifecycle.clone(), true);
-        server.add_service(caller_service("nxgate", app, &bound.listen, tls.proxy.as_ref(), &bound, &live, &metrics));
+        let proxy = EdgeSpec { name: "nxgate", label: "proxy", sources: |c| c.listen_allow_sources.as_ref() };
+        server.add_service(caller_service(app, &bound.listen, tls.proxy.as_ref(), proxy, &bound, &live, &metrics));
 
         if !bound.callbacks.is_empty() {
             let app = Shell::new(Callbacks(live.clone()), lifecycle.clone(), false);
             let callbacks = tls.callbacks.as_ref();
             server.add_service(caller_service(
-                "nxgate callbacks",
                 app,
                 &bound.callbacks,
                 callbacks,
+                EdgeSpec {
+                    name: "nxgate callbacks",
+                    label: "callbacks",
+                    sources: |c| c.callbacks.as_ref().and_then(|c| c.allow_sources.as_ref()),
+                },
                 &bound,
                 &live,
                 &metrics,
@@ -164,9 +205,9 @@ impl Gateway {
         if let Some(addr) = bound.admin {
             let admin = AdminApp { lifecycle: lifecycle.clone(), metrics: metrics.clone(), reloader: reloader.clone() };
             let deadline = HeaderDeadline::new(admin, header_deadline(&live), metrics.header_timeouts.clone());
-            let mut svc = Service::new("nxgate admin".to_owned(), deadline);
-            svc.add_listener(listener(addr, &bound));
-            server.add_service(svc);
+            let spec = EdgeSpec { name: "nxgate admin", label: "admin", sources: |c| c.admin_allow_sources.as_ref() };
+            let endpoints = std::iter::once(listener(addr, &bound));
+            server.add_service(edge_service(deadline, None, endpoints, spec, &live, &metrics));
         }
         let housekeeping = Housekeeping {
             bound: bound.clone(),

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod tls;
 #[allow(unused_imports)]
 pub use receiver::{Mode, Received, TestReceiver};
 

@@ -49,6 +49,12 @@ pub struct FileConfig {
     /// The callback listener (NXCloud → gateway → internal receiver); absent = none.
     #[serde(default)]
     pub callbacks: Option<CallbacksFile>,
+    /// CIDRs the proxy listeners accept connections from; `null` = any source.
+    #[serde(default)]
+    pub listen_allow_sources: Option<Vec<String>>,
+    /// CIDRs the admin listener accepts connections from; `null` = any source.
+    #[serde(default)]
+    pub admin_allow_sources: Option<Vec<String>>,
 }
 
 /// A certificate chain and its private key, both PEM files.
@@ -83,6 +89,9 @@ pub struct CallbacksFile {
     /// HTTPS on the callback listener; `null` = plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsFile>,
+    /// CIDRs the callback listener accepts connections from; `null` = any source.
+    #[serde(default)]
+    pub allow_sources: Option<Vec<String>>,
 }
 
 /// Where rate-limit state lives.
@@ -265,6 +274,9 @@ pub struct LimitsFile {
     /// Time a caller has to send a whole request header.
     #[serde(default = "defaults::request_header_timeout_ms")]
     pub request_header_timeout_ms: u64,
+    /// Most connections each listener (proxy, callbacks, admin) holds open; `null` = no cap.
+    #[serde(default)]
+    pub max_connections: Option<u64>,
 }
 
 impl Default for LimitsFile {
@@ -273,6 +285,7 @@ impl Default for LimitsFile {
             max_request_body_bytes: defaults::max_request_body_bytes(),
             max_response_body_bytes: defaults::max_response_body_bytes(),
             request_header_timeout_ms: defaults::request_header_timeout_ms(),
+            max_connections: None,
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod file;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -109,6 +109,37 @@ pub struct GatewayConfig {
     pub listen_tls: Option<TlsIdentity>,
     /// The callback listener, if configured.
     pub callbacks: Option<CallbacksConfig>,
+    /// Most connections each listener holds open (`limits.max_connections`); `None` = no cap.
+    pub max_connections: Option<usize>,
+    /// Sources the proxy listeners accept (`listen_allow_sources`); `None` = any.
+    pub listen_allow_sources: Option<SourceList>,
+    /// Sources the admin listener accepts (`admin_allow_sources`); `None` = any.
+    pub admin_allow_sources: Option<SourceList>,
+}
+
+/// A validated source allowlist: the CIDRs a listener accepts connections from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceList(Vec<ipnet::IpNet>);
+
+impl SourceList {
+    /// Whether `ip` is inside one of the networks. An IPv4 peer seen on a dual-stack IPv6
+    /// socket (`::ffff:a.b.c.d`) is matched as the IPv4 address it is.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The networks, as written canonically (`10.0.0.0/8`).
+    pub fn nets(&self) -> &[ipnet::IpNet] {
+        &self.0
+    }
+}
+
+impl fmt::Display for SourceList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nets: Vec<String> = self.0.iter().map(|n| n.to_string()).collect();
+        f.write_str(&nets.join(", "))
+    }
 }
 
 /// The validated `callbacks:` block.
@@ -126,6 +157,8 @@ pub struct CallbacksConfig {
     pub replay_memory_entries: usize,
     /// HTTPS identity; `None` = plain HTTP.
     pub tls: Option<TlsIdentity>,
+    /// Sources the callback listener accepts (`callbacks.allow_sources`); `None` = any.
+    pub allow_sources: Option<SourceList>,
 }
 
 /// An internal callback receiver: `http://host[:port]`.
@@ -375,6 +408,10 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
         positive_size("limits.max_response_body_bytes", limits.max_response_body_bytes, &mut p);
     let request_header_timeout =
         positive_ms("limits.request_header_timeout_ms", limits.request_header_timeout_ms, &mut p);
+    let max_connections = limits.max_connections.map(|n| positive_size("limits.max_connections", n, &mut p));
+    let listen_allow_sources =
+        file.listen_allow_sources.as_ref().map(|l| source_list("listen_allow_sources", l, &mut p));
+    let admin_allow_sources = file.admin_allow_sources.as_ref().map(|l| source_list("admin_allow_sources", l, &mut p));
 
     validate_prefixes("routes.allow_prefixes", &file.routes.allow_prefixes, &mut p);
     for (i, path) in file.routes.idempotent_paths.iter().enumerate() {
@@ -435,6 +472,9 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
     Ok(GatewayConfig {
         listen_tls,
         callbacks,
+        max_connections,
+        listen_allow_sources,
+        admin_allow_sources,
         admin_listen,
         shutdown_grace: Duration::from_secs(file.shutdown_grace_secs),
         rate_limit_backend: RateLimitBackend { kind: backend.kind, on_redis_error: backend.on_redis_error },
@@ -659,6 +699,7 @@ fn validate_callbacks(
     let receiver_timeout = positive_ms("callbacks.receiver_timeout_ms", c.receiver_timeout_ms, p);
     let replay_memory_entries = positive_size("callbacks.replay_memory_entries", c.replay_memory_entries, p);
     let tls = c.tls.as_ref().and_then(|t| read_tls_identity("callbacks.tls", t, base, p));
+    let allow_sources = c.allow_sources.as_ref().map(|l| source_list("callbacks.allow_sources", l, p));
     if p.0.len() > before {
         return None;
     }
@@ -669,7 +710,29 @@ fn validate_callbacks(
         receiver_timeout,
         replay_memory_entries,
         tls,
+        allow_sources,
     })
+}
+
+/// A list of CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or bare addresses (one host). An empty
+/// list is refused: it would shut the listener to everyone, and `null` means any source.
+fn source_list(field: &str, list: &[String], p: &mut Problems) -> SourceList {
+    if list.is_empty() {
+        p.add(field, "must name at least one CIDR (null allows any source)");
+    }
+    let mut nets = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        match s.parse::<ipnet::IpNet>() {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => match s.parse::<IpAddr>() {
+                Ok(ip) => nets.push(ipnet::IpNet::from(ip)),
+                Err(_) => {
+                    p.add(format!("{field}[{i}]"), format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8) or IP address"))
+                }
+            },
+        }
+    }
+    SourceList(nets)
 }
 
 /// `http://host[:port]` and nothing else: the receiver is on the internal network and the

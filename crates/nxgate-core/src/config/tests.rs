@@ -188,6 +188,9 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(shipped.rate_limit_backend, minimal.rate_limit_backend);
     assert_eq!(shipped.redis, minimal.redis);
     assert!(shipped.listen_tls.is_none() && minimal.listen_tls.is_none());
+    assert_eq!(shipped.max_connections, minimal.max_connections);
+    assert_eq!(shipped.listen_allow_sources, minimal.listen_allow_sources);
+    assert_eq!(shipped.admin_allow_sources, minimal.admin_allow_sources);
     assert!(shipped.callbacks.is_none() && minimal.callbacks.is_none());
     assert_eq!(shipped.tenants[0].callbacks_forward_to, minimal.tenants[0].callbacks_forward_to);
 
@@ -207,6 +210,34 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(shipped.receiver_timeout, minimal.receiver_timeout);
     assert_eq!(shipped.replay_memory_entries, minimal.replay_memory_entries);
     assert!(shipped.tls.is_none() && minimal.tls.is_none());
+    assert_eq!(shipped.allow_sources, minimal.allow_sources);
+}
+
+#[test]
+fn edge_limits_default_to_none_and_are_validated() {
+    let c = load_text(MINIMAL).unwrap();
+    assert_eq!(c.max_connections, None);
+    assert!(c.listen_allow_sources.is_none() && c.admin_allow_sources.is_none());
+    let c = load_text(&format!(
+        "{MINIMAL}limits: {{ max_connections: 200 }}\nlisten_allow_sources: [\"10.1.2.3/8\", \"::1\"]\n\
+         admin_allow_sources: [\"127.0.0.1/32\"]\ncallbacks: {{ allow_sources: [\"203.0.113.0/24\"] }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.max_connections, Some(200));
+    let proxy = c.listen_allow_sources.unwrap();
+    assert_eq!(proxy.to_string(), "10.0.0.0/8, ::1/128", "host bits dropped, a bare IP is one host");
+    assert!(proxy.allows("10.200.0.1".parse().unwrap()));
+    assert!(proxy.allows("::ffff:10.0.0.9".parse().unwrap()), "an IPv4 peer on a dual-stack socket");
+    assert!(!proxy.allows("11.0.0.1".parse().unwrap()) && !proxy.allows("::2".parse().unwrap()));
+    assert!(c.admin_allow_sources.unwrap().allows("127.0.0.1".parse().unwrap()));
+    let cb = c.callbacks.unwrap().allow_sources.unwrap();
+    assert!(cb.allows("203.0.113.77".parse().unwrap()) && !cb.allows("127.0.0.1".parse().unwrap()));
+
+    assert_problem(&format!("{MINIMAL}limits: {{ max_connections: 0 }}\n"), "limits.max_connections");
+    assert_problem(&format!("{MINIMAL}listen_allow_sources: []\n"), "listen_allow_sources");
+    assert_problem(&format!("{MINIMAL}listen_allow_sources: [\"10.0.0.0/33\"]\n"), "listen_allow_sources[0]");
+    assert_problem(&format!("{MINIMAL}admin_allow_sources: [\"any\"]\n"), "admin_allow_sources[0]");
+    assert_problem(&format!("{MINIMAL}callbacks: {{ allow_sources: [\"x/8\"] }}\n"), "callbacks.allow_sources[0]");
 }
 
 #[test]
