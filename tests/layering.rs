@@ -2,6 +2,8 @@
 //! code, the gateway's modules form layers with no import circle, there is one lock file,
 //! and no large file is tracked.
 
+use nxgate_testkit::layering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 fn repo() -> std::path::PathBuf {
@@ -46,63 +48,17 @@ fn layers() -> Vec<String> {
     lib.lines().filter_map(|l| l.strip_prefix("pub mod ")).map(|m| m.trim_end_matches(';').to_owned()).collect()
 }
 
-/// Every `crate::<module>` a source text names: in `use` lines, groups
-/// (`use crate::{a, b::c}`) and inline paths.
-fn crate_paths(text: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for (i, _) in text.match_indices("crate::") {
-        // `nxgate_core::x` or `some_crate::x` are other crates.
-        let before = text[..i].chars().next_back();
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            continue;
-        }
-        let rest = &text[i + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let inner = &group[..group.find('}').unwrap_or(group.len())];
-            found.extend(inner.split(',').filter_map(|p| p.trim().split("::").next()).map(str::to_owned));
-        } else {
-            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-            found.push(name);
-        }
-    }
-    found.retain(|m| !m.is_empty() && m != "self");
-    found
-}
-
-/// `from -> to` for every import between two of the gateway's top-level modules.
-fn module_imports() -> std::collections::BTreeSet<(String, String)> {
-    let mut edges = std::collections::BTreeSet::new();
-    let src = repo().join("src");
-    let mut stack = vec![src.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("src dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let rel = path.strip_prefix(&src).expect("under src");
-            let top = rel.components().next().expect("a component").as_os_str().to_string_lossy();
-            let top = top.trim_end_matches(".rs").to_owned();
-            if top == "lib" || top == "main" || path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).expect("source");
-            for to in crate_paths(&text) {
-                if to != top {
-                    edges.insert((top.clone(), to));
-                }
-            }
+/// `from -> to` for every import between two of the gateway's top-level modules (read by
+/// `nxgate_testkit::layering`, which the emulator's layering test uses too).
+fn module_imports() -> BTreeMap<String, BTreeSet<String>> {
+    let top = |m: &str| m.split("::").next().unwrap_or(m).to_owned();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (from, to) in layering::module_imports(&repo().join("src")) {
+        for to in to.iter().map(|t| top(t)).filter(|t| *t != top(&from) && t != "crate") {
+            edges.entry(top(&from)).or_default().insert(to);
         }
     }
     edges
-}
-
-#[test]
-fn the_crate_path_reader_sees_every_form_of_import() {
-    let text =
-        "use crate::net::body;\nuse crate::{state::Live, process};\nlet x = crate::policy::f();\nuse nxgate_core::x;";
-    assert_eq!(crate_paths(text), ["net", "state", "process", "policy"]);
 }
 
 #[test]
@@ -110,35 +66,17 @@ fn the_gateway_modules_are_layers_with_no_import_circle() {
     let layers = layers();
     assert!(layers.len() >= 6 && layers.contains(&"net".to_owned()), "lib.rs declares the layers: {layers:?}");
     let edges = module_imports();
-    assert!(edges.iter().any(|(from, _)| from == "cli"), "the reader found the imports: {edges:?}");
-    // No circle, however long: a depth-first search over the module graph.
-    fn visit<'a>(
-        m: &'a str,
-        edges: &'a std::collections::BTreeSet<(String, String)>,
-        path: &mut Vec<&'a str>,
-        done: &mut Vec<&'a str>,
-    ) {
-        if done.contains(&m) {
-            return;
-        }
-        if let Some(at) = path.iter().position(|p| *p == m) {
-            panic!("import circle: {} -> {m}", path[at..].join(" -> "));
-        }
-        path.push(m);
-        for (_, to) in edges.iter().filter(|(from, _)| from == m) {
-            visit(to, edges, path, done);
-        }
-        path.pop();
-        done.push(m);
-    }
-    let mut done = Vec::new();
-    for m in &layers {
-        visit(m, &edges, &mut Vec::new(), &mut done);
-    }
+    assert!(edges.get("cli").is_some_and(|to| to.contains("server")), "the reader found the imports: {edges:?}");
+    let circles = layering::find_circles(&edges);
+    assert!(circles.is_empty(), "import circles: {circles:#?}");
     // And every import points down the lib.rs order: a module uses only those declared before it.
     let rank = |m: &str| layers.iter().position(|l| l == m).unwrap_or_else(|| panic!("{m} is not declared in lib.rs"));
-    let upward: Vec<String> =
-        edges.iter().filter(|(from, to)| rank(to) > rank(from)).map(|(from, to)| format!("{from} -> {to}")).collect();
+    let upward: Vec<String> = edges
+        .iter()
+        .flat_map(|(from, to)| to.iter().map(move |to| (from, to)))
+        .filter(|(from, to)| rank(to) > rank(from))
+        .map(|(from, to)| format!("{from} -> {to}"))
+        .collect();
     assert!(upward.is_empty(), "imports against the layer order of src/lib.rs: {upward:?}");
 }
 
