@@ -7,7 +7,8 @@
 //! (`tests/layering.rs` fails on any import circle between them):
 //!
 //! 1. `net` (transport: framing, header deadline, keep-alive, TLS, the upstream
-//!    connector, the Redis link) and `process` (metrics, logging, lifecycle);
+//!    connector, the Redis link) and `process` (metrics, logging, lifecycle); `store`
+//!    (durable state: the callback outbox, embedded or in Redis);
 //! 2. `shell`: the request loop both listeners share, with a `shell::Flow` for each;
 //!    `policy`: admission, the signed exchange with NXCloud, NXCloud's answers, callback
 //!    delivery and its replay memory, each taking only the state it uses;
@@ -20,6 +21,7 @@
 
 pub mod net;
 pub mod process;
+pub mod store;
 pub mod shell;
 pub mod policy;
 pub mod state;

@@ -362,7 +362,10 @@ fn two_replicas_sharing_redis_deliver_a_callback_once() {
     let r = TestReceiver::start();
     r.set(Mode::Slow);
     let backend = format!("rate_limit_backend:\n  kind: \"redis\"\n  redis_url: \"{}\"\n", redis.url());
-    let (one, two) = (gateway_with(&r.url(), "", &backend), gateway_with(&r.url(), "", &backend));
+    // State on Redis means queued delivery unless told otherwise; this is the direct mode's
+    // shared replay memory (tests/outbox.rs has the queued mode's fleet).
+    let direct = "  delivery: \"direct\"\n";
+    let (one, two) = (gateway_with(&r.url(), direct, &backend), gateway_with(&r.url(), direct, &backend));
     concurrent_copies([one.callbacks[0], two.callbacks[0]], &r);
     // And later, through the other replica: a duplicate.
     r.set(Mode::Ok);
@@ -377,15 +380,19 @@ fn two_replicas_sharing_redis_deliver_a_callback_once() {
 #[test]
 fn redis_down_refuses_with_503_rather_than_risk_a_double_delivery() {
     let closed = client::ClosedPort::new().unwrap();
-    let r = TestReceiver::start();
     let backend = format!("rate_limit_backend:\n  kind: \"redis\"\n  redis_url: \"redis://{}/0\"\n", closed.addr);
-    let gw = gateway_with(&r.url(), "", &backend);
-    let b = body("noredis");
-    let started = Instant::now();
-    let resp = send(&gw, &signed(Account::A, &b, &rid()), &b);
-    assert_gateway_error(&resp, 503, 50301, "replay_store_unavailable");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-    r.assert_untouched();
+    // Queued (the default with state on Redis: the outbox's intake refuses) and direct
+    // (the replay memory's claim refuses).
+    for delivery in ["", "  delivery: \"direct\"\n"] {
+        let r = TestReceiver::start();
+        let gw = gateway_with(&r.url(), delivery, &backend);
+        let b = body("noredis");
+        let started = Instant::now();
+        let resp = send(&gw, &signed(Account::A, &b, &rid()), &b);
+        assert_gateway_error(&resp, 503, 50301, "replay_store_unavailable");
+        assert!(started.elapsed() < Duration::from_secs(2), "{delivery}: {:?}", started.elapsed());
+        r.assert_untouched();
+    }
 }
 
 #[test]

@@ -345,12 +345,14 @@ fn systemd_unit_commands_and_credentials_match_the_edge_config() {
     let prefix = "/run/credentials/nxgate.service/";
     let tls = &edge["callbacks"]["tls"];
     let tls_files = [s(&tls["cert_file"]), s(&tls["key_file"])];
+    let signing = s(&edge["callbacks"]["signing_secret_file"]);
     let wanted: BTreeSet<String> = edge["tenants"]
         .as_sequence()
         .unwrap()
         .iter()
         .map(|t| s(&t["secret_file"]))
         .chain(tls_files)
+        .chain([signing])
         .map(|f| {
             f.strip_prefix(prefix)
                 .unwrap_or_else(|| panic!("edge secret or TLS file {f} is not under {prefix}"))
@@ -360,6 +362,12 @@ fn systemd_unit_commands_and_credentials_match_the_edge_config() {
     let loaded: BTreeSet<String> =
         unit_values(&settings, "LoadCredential").iter().map(|v| v.split_once(':').unwrap().0.to_owned()).collect();
     assert_eq!(wanted, loaded, "conf/edge.yaml secret files vs LoadCredential=");
+
+    // The callback outbox's file is in the directory systemd keeps for the unit (under
+    // ProtectSystem=strict the only writable place that survives a restart).
+    assert_eq!(s(&edge["state"]["kind"]), "embedded");
+    assert_eq!(unit_values(&settings, "StateDirectory"), vec!["nxgate"]);
+    assert_eq!(s(&edge["state"]["dir"]), "/var/lib/nxgate");
 
     // Stopping waits out the drain: TimeoutStopSec above the grace plus the wind-down.
     let stop: i64 = unit_values(&settings, "TimeoutStopSec")[0].parse().unwrap();
@@ -383,6 +391,7 @@ fn systemd_unit_commands_and_credentials_match_the_edge_config() {
         let contents = match name {
             n if tls_files[0].ends_with(n.as_str()) => cert_pem.clone(),
             n if tls_files[1].ends_with(n.as_str()) => key_pem.clone(),
+            n if signing.ends_with(n.as_str()) => format!("{DUMMY_WHSEC}\n"),
             _ => "dummy-secret-for-the-unit-test\n".to_owned(),
         };
         std::fs::write(creds.join(name), contents).unwrap();
@@ -563,6 +572,8 @@ fn kubernetes_central_is_redundant_shared_and_scaled() {
     assert_eq!(config["listen"], Value::from(vec!["0.0.0.0:8080"]), "the Service reaches the pod IP");
     assert!(config["default_tenant"].is_null(), "a shared gateway requires client keys");
     assert_eq!(s(&config["rate_limit_backend"]["kind"]), "redis", "limits hold for the fleet");
+    assert_eq!(s(&config["state"]["kind"]), "redis", "any replica delivers what another accepted");
+    assert_eq!(s(&config["callbacks"]["delivery"]), "queued");
     // The Redis URL (TLS, with an ACL user's password) comes from a Secret, not the ConfigMap.
     let url_env = s(&config["redis"]["url_env"]);
     assert!(config["rate_limit_backend"]["redis_url"].is_null() && config["redis"]["url"].is_null());
@@ -623,6 +634,9 @@ fn dummy_tls_pair() -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
+/// A well-formed Standard Webhooks secret for the checks (base64 of "dummy-secret-whsec-bytes").
+const DUMMY_WHSEC: &str = "whsec_ZHVtbXktc2VjcmV0LXdoc2VjLWJ5dGVz";
+
 /// `nxgate check` on a config with every secret it names supplied as a dummy:
 /// environment variables set, files created (the config rewritten to point at them).
 fn check_with_dummy_secrets(rel: &str) -> Output {
@@ -641,6 +655,12 @@ fn check_with_dummy_secrets(rel: &str) -> Output {
             assert_eq!(text.matches(file).count(), 1, "{rel}: {file} named once");
             text = text.replace(file, &dummy.display().to_string());
         }
+    }
+    // The Standard Webhooks secret of callback deliveries: a real-looking one, never printed.
+    if let Some(file) = config["callbacks"]["signing_secret_file"].as_str() {
+        let dummy = dir.path().join("whsec");
+        std::fs::write(&dummy, format!("{DUMMY_WHSEC}\n")).unwrap();
+        text = text.replace(file, &dummy.display().to_string());
     }
     // The Redis URL from the environment: one with a password, which check must not print.
     if let Some(var) = config["redis"]["url_env"].as_str() {
@@ -675,6 +695,7 @@ fn every_example_config_passes_nxgate_check() {
         let report = text(&out);
         assert!(out.status.success() && report.contains("config OK"), "nxgate check -c {rel}:\n{report}");
         assert!(!report.contains("dummy-secret"), "{rel}: check printed a secret");
+        assert!(!report.contains(&DUMMY_WHSEC[6..]), "{rel}: check printed the signing secret");
     }
 }
 

@@ -123,7 +123,7 @@ fn a_fresh_gateways_first_scrape_has_every_documented_family_with_every_known_se
     let text = String::from_utf8(gw.admin_get("/metrics").unwrap().body).unwrap();
     let series = scrape(&gw);
     let families = readme_metric_families();
-    assert_eq!(families.len(), 21, "the README's table changed: {families:?}");
+    assert_eq!(families.len(), 25, "the README's table changed: {families:?}");
     for (family, values) in &families {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} is absent from the first scrape:\n{text}");
         for v in values {
@@ -164,6 +164,13 @@ fn a_fresh_gateways_first_scrape_has_every_documented_family_with_every_known_se
         expected.push(format!(r#"nxgate_upstream_busy_total{{tenant="{tenant}"}}"#));
         expected.push(format!(r#"nxgate_callbacks_total{{outcome="delivered",tenant="{tenant}"}}"#));
         expected.push(format!(r#"nxgate_callback_delivery_duration_seconds_count{{tenant="{tenant}"}}"#));
+        expected.push(format!(r#"nxgate_callbacks_total{{outcome="queued",tenant="{tenant}"}}"#));
+        for gauge in ["queue_depth", "queue_oldest_seconds", "dead_letters"] {
+            expected.push(format!(r#"nxgate_callback_{gauge}{{tenant="{tenant}"}}"#));
+        }
+        for result in ["delivered", "receiver_error", "timeout", "unreachable"] {
+            expected.push(format!(r#"nxgate_callback_delivery_attempts_total{{result="{result}",tenant="{tenant}"}}"#));
+        }
     }
     expected.push("nxgate_upstream_backoff_tenants".to_owned());
     for kind in ["unreachable", "timeout", "too_large", "malformed"] {

@@ -10,7 +10,8 @@ use crate::policy::exchange::{self, ExchangeReport, Nxcloud, Outbound};
 use crate::policy::{gcra, replay};
 use crate::server::{self, StartMode};
 use nxgate_core::config::{
-    self, GatewayConfig, OnRedisError, RateLimitKind, RedisConfig, RedisTopology, SourceList, Tenant, VerifyMode,
+    self, DeliveryMode, GatewayConfig, OnRedisError, RateLimitKind, RedisConfig, RedisTopology, SourceList, StateKind,
+    Tenant, VerifyMode,
 };
 use nxgate_core::secret::{self, Secret};
 use nxgate_core::signing::{self, Algorithm, SigningInput};
@@ -205,7 +206,24 @@ pub fn summary(c: &GatewayConfig) -> String {
         c.max_response_body_bytes,
         c.request_header_timeout.as_millis()
     ));
+    // Where callbacks are kept, so a reviewer sees whether a restart can lose one.
+    let state = match (c.state.kind, &c.state.dir) {
+        (StateKind::Embedded, Some(dir)) => {
+            format!(
+                "embedded, {} (survives restarts; this replica only)",
+                dir.join(crate::store::embedded::FILE_NAME).display()
+            )
+        }
+        (StateKind::Redis, _) => "redis (the redis: connection; shared by every replica)".to_owned(),
+        _ => "memory (lost on restart)".to_owned(),
+    };
+    out.push_str(&format!("state: {state}\n"));
+    let redis_used = c.rate_limit_backend.kind == RateLimitKind::Redis || c.state.kind == StateKind::Redis;
     match c.rate_limit_backend.kind {
+        RateLimitKind::Local if redis_used => out.push_str(&format!(
+            "rate limits: in process (each replica on its own)\nredis: {}\n",
+            redis_summary(&c.redis)
+        )),
         RateLimitKind::Local => out.push_str("rate limits: in process (each replica on its own)\n"),
         RateLimitKind::Redis => {
             let on_error = match c.rate_limit_backend.on_redis_error {
@@ -263,13 +281,28 @@ pub fn summary(c: &GatewayConfig) -> String {
                     out.push_str(&format!("  receiver for {}: {}\n", t.name, r.url()));
                 }
             }
-            let replay = match c.rate_limit_backend.kind {
-                nxgate_core::config::RateLimitKind::Redis => "Redis (the redis: connection above)".to_owned(),
-                nxgate_core::config::RateLimitKind::Local => {
-                    format!("in process, at most {} entries", cb.replay_memory_entries)
+            match cb.delivery {
+                DeliveryMode::Queued => {
+                    let schedule: Vec<String> = cb.retry_schedule.iter().map(|d| human(*d)).collect();
+                    out.push_str(&format!(
+                        "  delivery: queued (stored before NXCloud is answered), at most {} waiting per tenant\n  \
+                         attempts after: {}; then a dead letter\n  deliveries signed: {}\n",
+                        cb.max_queued,
+                        schedule.join(", "),
+                        if cb.signing_key.is_some() { "yes (webhook-signature)" } else { "no (no signing secret)" }
+                    ));
                 }
-            };
-            out.push_str(&format!("  replay memory: {replay}\n"));
+                DeliveryMode::Direct => {
+                    let replay = match c.state.kind {
+                        StateKind::Redis => "Redis (the redis: connection above)".to_owned(),
+                        StateKind::Embedded => "the state file".to_owned(),
+                        StateKind::Memory => format!("in process, at most {} entries", cb.replay_memory_entries),
+                    };
+                    out.push_str(&format!(
+                        "  delivery: direct (the receiver answers NXCloud)\n  replay memory: {replay}\n"
+                    ));
+                }
+            }
         }
     }
     out
@@ -289,8 +322,8 @@ pub fn check(path: &Path, probe: bool) -> ExitCode {
     if !probe {
         return ExitCode::SUCCESS;
     }
-    if c.rate_limit_backend.kind != RateLimitKind::Redis {
-        println!("redis probe: nothing to probe (rate_limit_backend.kind is \"local\")");
+    if c.rate_limit_backend.kind != RateLimitKind::Redis && c.state.kind != StateKind::Redis {
+        println!("redis probe: nothing to probe (rate_limit_backend.kind is \"local\", state.kind is not \"redis\")");
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -301,7 +334,8 @@ pub fn check(path: &Path, probe: bool) -> ExitCode {
         }
     };
     // The scripts the gateway runs, so a server that refuses them (ACL, no scripting) shows now.
-    let scripts = [gcra::GCRA, replay::CLAIM, replay::RELEASE];
+    let mut scripts = vec![gcra::GCRA, replay::CLAIM, replay::RELEASE];
+    scripts.extend(crate::store::redis::SCRIPTS);
     match rt.block_on(crate::net::redis::probe(&c.redis, &scripts)) {
         Ok(found) => {
             println!("redis probe: OK ({found})");
@@ -311,6 +345,17 @@ pub fn check(path: &Path, probe: bool) -> ExitCode {
             eprintln!("redis probe FAILED ({}): {e}", e.reason.as_str());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A schedule step for people: `0 s`, `5 s`, `5 min`, `2 h`.
+fn human(d: std::time::Duration) -> String {
+    let ms = d.as_millis() as u64;
+    match ms {
+        _ if ms > 0 && ms.is_multiple_of(3_600_000) => format!("{} h", ms / 3_600_000),
+        _ if ms > 0 && ms.is_multiple_of(60_000) => format!("{} min", ms / 60_000),
+        _ if ms.is_multiple_of(1_000) => format!("{} s", ms / 1_000),
+        _ => format!("{ms} ms"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `nxgate demo`: the emulator and the gateway on loopback, a signed and verified round
-//! trip, and a tampered response being refused. Needs no NXCloud account: it uses the
-//! vendor's public sample credentials against the local emulator.
+//! trip, a tampered response being refused, a campaign's callbacks, and a receiver outage
+//! that loses none of them. Needs no NXCloud account: it uses the vendor's public sample
+//! credentials against the local emulator.
 //!
 //! The demo checks what it shows and exits non-zero if anything is off, so it doubles
 //! as a smoke test of a fresh build.
@@ -9,16 +10,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::server::{Gateway, StartMode};
 use nxgate_core::config;
 use nxgate_core::secret::Secret;
+use nxgate_core::webhook::SigningKey;
 use nxgate_emulator::{self as emulator, EmulatorConfig, SAMPLE_SECRET, SAMPLE_UUID};
 use nxgate_testkit::client;
 
 const SECRET_ENV: &str = "NXGATE_DEMO_SECRET";
+const WHSEC_ENV: &str = "NXGATE_DEMO_WEBHOOK_SECRET";
+/// The demo's Standard Webhooks secret (deliveries are signed with it; the receiver checks).
+const DEMO_WHSEC: &str = "whsec_bnhnYXRlLWRlbW8tc2lnbmluZy1rZXk=";
 
 /// Runs the demo.
 pub fn run() -> ExitCode {
@@ -56,11 +62,21 @@ fn demo() -> Result<(), String> {
 
     // The internal service that receives NXCloud's callbacks, behind the gateway.
     let receiver = rt.block_on(Receiver::start()).map_err(|e| format!("receiver: {e}"))?;
+    // Callbacks are kept in a state file of this run (queued delivery), retried every second.
+    let state = tempfile::Builder::new().prefix("nxgate-demo-state").tempdir().map_err(|e| e.to_string())?;
     let yaml = format!(
-        "listen: [\"127.0.0.1:0\"]\nupstream:\n  url: \"http://{emu_addr}\"\nadmin_listen: null\ndefault_tenant: demo\ncallbacks:\n  listen: [\"127.0.0.1:0\"]\n  forward_to: \"http://{}\"\ntenants:\n  - name: demo\n    uuid: \"{SAMPLE_UUID}\"\n    secret_env: {SECRET_ENV}\n    algorithm: MD5\n",
+        "listen: [\"127.0.0.1:0\"]\nupstream:\n  url: \"http://{emu_addr}\"\nadmin_listen: null\ndefault_tenant: demo\n\
+         state:\n  kind: \"embedded\"\n  dir: \"{}\"\n\
+         callbacks:\n  listen: [\"127.0.0.1:0\"]\n  forward_to: \"http://{}\"\n  delivery: \"queued\"\n  \
+         retry_schedule_ms: [0, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000]\n  signing_secret_env: {WHSEC_ENV}\n\
+         tenants:\n  - name: demo\n    uuid: \"{SAMPLE_UUID}\"\n    secret_env: {SECRET_ENV}\n    algorithm: MD5\n",
+        state.path().display(),
         receiver.addr
     );
-    let env = HashMap::from([(SECRET_ENV.to_owned(), SAMPLE_SECRET.to_owned())]);
+    let env = HashMap::from([
+        (SECRET_ENV.to_owned(), SAMPLE_SECRET.to_owned()),
+        (WHSEC_ENV.to_owned(), DEMO_WHSEC.to_owned()),
+    ]);
     let cfg = config::parse(&yaml, Path::new("demo.yaml"), &env).map_err(|e| e.to_string())?;
     // Pingora's server is built and run on its own thread; the lifecycle handle comes back
     // so the demo can stop it.
@@ -87,7 +103,9 @@ fn demo() -> Result<(), String> {
         bound.callbacks[0], receiver.addr
     );
 
-    let result = show(gw_addr).and_then(|()| campaign(gw_addr, bound.callbacks[0], emu_addr, &receiver));
+    let result = show(gw_addr)
+        .and_then(|()| campaign(gw_addr, bound.callbacks[0], emu_addr, &receiver))
+        .and_then(|()| outage(gw_addr, bound.callbacks[0], emu_addr, &receiver));
     lifecycle.stop_now();
     let _ = gateway.join();
     result
@@ -136,26 +154,85 @@ fn show(gw: SocketAddr) -> Result<(), String> {
 
 /// Step 4: a short campaign, callbacks and all, through the gateway in both directions.
 fn campaign(gw: SocketAddr, callbacks: SocketAddr, emu: SocketAddr, receiver: &Receiver) -> Result<(), String> {
-    let io = |e: std::io::Error| e.to_string();
-    let json = [("content-type", "application/json")];
     println!(
         "\n4. A short campaign: createAndCall with 3 numbers, its callback URLs pointing at the gateway's callback"
     );
     println!(
-        "   listener; mgrTaskStatus start; the emulator's clock moved an hour; NXCloud's signed callbacks arrive:"
+        "   listener; mgrTaskStatus start; the emulator's clock moved an hour; NXCloud's signed callbacks arrive,"
     );
+    println!("   are stored, answered 200, and delivered to the receiver:");
+    run_campaign(gw, callbacks, emu, "demo-task")?;
+    let seen = receiver.wait_for(8, Duration::from_secs(10));
+    for r in &seen {
+        println!(
+            "   received POST {}  x-nxgate-tenant: {}  x-request-id: {}  webhook-id: {}",
+            r.path, r.tenant, r.request_id, r.webhook_id
+        );
+    }
+    let count = |p: &str| seen.iter().filter(|r| r.path == p).count();
+    check(
+        (count("/call"), count("/order"), count("/task")) == (3, 3, 2),
+        "expected 3 call, 3 order and 2 task callbacks, each verified by the gateway",
+    )?;
+    check(seen.iter().all(|r| r.signed), "a delivery's webhook-signature did not verify")?;
+    println!("   every one verified by the gateway (uuid, createTs window, sign over the exact body) before it was");
+    println!("   stored, and signed for the receiver (webhook-signature, Standard Webhooks)");
+    Ok(())
+}
+
+/// Step 5: the receiver is down while a campaign's callbacks arrive; none is lost.
+fn outage(gw: SocketAddr, callbacks: SocketAddr, emu: SocketAddr, receiver: &Receiver) -> Result<(), String> {
+    println!("\n5. The receiver goes down; a second campaign runs and its callbacks arrive meanwhile:");
+    receiver.up.store(false, Ordering::SeqCst);
+    let before = receiver.seen().len();
+    run_campaign(gw, callbacks, emu, "demo-outage")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let during = receiver.seen().len();
+    // What NXCloud (the emulator) saw: every callback of both campaigns answered 200 at
+    // its first attempt, the outage's included.
+    let state = client::request(emu, "GET", "/_emulator/state", &[], b"").map_err(|e| e.to_string())?.try_json()?;
+    let first_try = state["callbacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c["state"] == "delivered" && c["attempts"].as_array().is_some_and(|a| a.len() == 1 && a[0]["status"] == 200)
+        })
+        .count();
+    println!("   NXCloud got 200 at the first attempt for {first_try} of 16 callbacks (each stored durably first)");
+    check(first_try == 16, "NXCloud did not get 200 for every callback at once")?;
+    println!("   delivered to the receiver while it was down: {}", during - before);
+    check(during == before, "a callback reached the receiver while it was down")?;
+    println!("   the receiver comes back; the outbox retries every second:");
+    receiver.up.store(true, Ordering::SeqCst);
+    let seen = receiver.wait_for(before + 8, Duration::from_secs(15));
+    let after = &seen[before.min(seen.len())..];
+    for r in after {
+        println!("   received POST {}  x-request-id: {}  signature ok: {}", r.path, r.request_id, r.signed);
+    }
+    check(after.len() == 8, "expected every one of the 8 callbacks after the outage")?;
+    check(after.iter().all(|r| r.signed), "a delivery's webhook-signature did not verify")?;
+    println!("   all 8 delivered after the outage, each signed");
+    Ok(())
+}
+
+/// createAndCall with 3 numbers whose callbacks point at the gateway, started; then the
+/// emulator's clock moves an hour, so every call ends and NXCloud's callbacks are sent.
+fn run_campaign(gw: SocketAddr, callbacks: SocketAddr, emu: SocketAddr, task: &str) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    let json = [("content-type", "application/json")];
     let cb = format!("http://{callbacks}");
     let list: Vec<serde_json::Value> = (0..3)
-        .map(|i| serde_json::json!({"orderID": format!("demo-o{i}"), "userPhone": format!("8613800000{i:03}")}))
+        .map(|i| serde_json::json!({"orderID": format!("{task}-o{i}"), "userPhone": format!("8613800000{i:03}")}))
         .collect();
     let create = serde_json::json!({
-        "productID": "callbot", "userTaskID": "demo-task", "sceneID": "scene-1",
+        "productID": "callbot", "userTaskID": task, "sceneID": "scene-1",
         "taskCreateSetting": {"taskName": "demo", "maxCall": 3, "maxRingTime": 30, "taskCallbackUrl": format!("{cb}/task")},
         "callInfoList": {"orderCallbackUrl": format!("{cb}/order"), "callCallbackUrl": format!("{cb}/call"), "callList": list}
     });
     for (endpoint, body) in [
         ("createAndCall", create),
-        ("mgrTaskStatus", serde_json::json!({"productID": "callbot", "userTaskID": "demo-task", "taskOperate": 1})),
+        ("mgrTaskStatus", serde_json::json!({"productID": "callbot", "userTaskID": task, "taskOperate": 1})),
     ] {
         let path = format!("/callcentre/api/v3/{endpoint}");
         let r = client::request(gw, "POST", &path, &json, body.to_string().as_bytes()).map_err(io)?;
@@ -165,47 +242,62 @@ fn campaign(gw: SocketAddr, callbacks: SocketAddr, emu: SocketAddr, receiver: &R
     }
     let advanced = client::request(emu, "POST", "/_emulator/advance?secs=3600", &[], b"").map_err(io)?;
     check(advanced.status == 200, "the emulator's clock did not move")?;
-    let seen = receiver.seen();
-    for (path, tenant, request_id) in &seen {
-        println!("   received POST {path}  x-nxgate-tenant: {tenant}  x-request-id: {request_id}");
-    }
-    let count = |p: &str| seen.iter().filter(|(path, _, _)| path == p).count();
-    check(
-        (count("/call"), count("/order"), count("/task")) == (3, 3, 2),
-        "expected 3 call, 3 order and 2 task callbacks, each verified by the gateway",
-    )?;
-    println!("   every one verified by the gateway (uuid, createTs window, sign over the exact body) before delivery");
     Ok(())
 }
 
-/// A minimal callback receiver for the demo: records each request's path, tenant and
-/// requestID, and answers 200.
+/// One delivery the demo's receiver took.
+#[derive(Debug, Clone)]
+struct Delivered {
+    path: String,
+    tenant: String,
+    request_id: String,
+    webhook_id: String,
+    /// Whether `webhook-signature` matched `webhook-id`, `webhook-timestamp` and the body.
+    signed: bool,
+}
+
+type Log = Arc<std::sync::Mutex<Vec<Delivered>>>;
+
+/// A minimal callback receiver for the demo: records each request, checks its signature,
+/// and answers 200; while down, it closes every connection without answering.
 struct Receiver {
     addr: SocketAddr,
-    seen: Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    seen: Log,
+    up: Arc<AtomicBool>,
 }
 
 impl Receiver {
     async fn start() -> std::io::Result<Receiver> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let seen: Arc<std::sync::Mutex<Vec<(String, String, String)>>> = Arc::default();
-        let log = seen.clone();
+        let seen: Log = Arc::default();
+        let up = Arc::new(AtomicBool::new(true));
+        let (log, is_up) = (seen.clone(), up.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, log.clone()));
+                tokio::spawn(serve(stream, log.clone(), is_up.clone()));
             }
         });
-        Ok(Receiver { addr, seen })
+        Ok(Receiver { addr, seen, up })
     }
 
-    fn seen(&self) -> Vec<(String, String, String)> {
+    fn seen(&self) -> Vec<Delivered> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The deliveries once there are `n` (or whatever arrived within `within`).
+    fn wait_for(&self, n: usize, within: Duration) -> Vec<Delivered> {
+        let deadline = Instant::now() + within;
+        while self.seen().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.seen()
     }
 }
 
 /// Reads requests (Content-Length framed, as the gateway sends them) until the peer closes.
-async fn serve(mut stream: tokio::net::TcpStream, log: Arc<std::sync::Mutex<Vec<(String, String, String)>>>) {
+async fn serve(mut stream: tokio::net::TcpStream, log: Log, up: Arc<AtomicBool>) {
+    let key = SigningKey::parse(DEMO_WHSEC.as_bytes()).expect("the demo's secret parses");
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -221,11 +313,19 @@ async fn serve(mut stream: tokio::net::TcpStream, log: Arc<std::sync::Mutex<Vec<
             };
             let len: usize = get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
             if buf.len() >= head + len {
-                let entry = (
-                    req.path.unwrap_or("").to_owned(),
-                    get("x-nxgate-tenant").unwrap_or_default(),
-                    get("x-request-id").unwrap_or_default(),
-                );
+                if !up.load(Ordering::SeqCst) {
+                    return; // down: the request is read, never answered
+                }
+                let (id, ts) = (get("webhook-id").unwrap_or_default(), get("webhook-timestamp").unwrap_or_default());
+                let body = &buf[head..head + len];
+                let expected = ts.parse().ok().map(|ts| key.sign(&id, ts, body));
+                let entry = Delivered {
+                    path: req.path.unwrap_or("").to_owned(),
+                    tenant: get("x-nxgate-tenant").unwrap_or_default(),
+                    request_id: get("x-request-id").unwrap_or_default(),
+                    signed: expected.is_some() && expected == get("webhook-signature"),
+                    webhook_id: id,
+                };
                 if let Ok(mut seen) = log.lock() {
                     seen.push(entry);
                 }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::replay::{Claim, LocalReplay, RedisReplay, ReplayStore, IN_PROGRESS_MARGIN};
-use crate::net::redis::{RedisLink, RedisMetrics};
 use crate::net::upstream::{Upstream, UpstreamError, UpstreamResponse};
-use nxgate_core::config::{CallbacksConfig, GatewayConfig, RateLimitKind, Receiver, Tenant, UpstreamConfig};
+use crate::store::{Backend, Outbox};
+use nxgate_core::config::{CallbacksConfig, GatewayConfig, Receiver, Tenant, UpstreamConfig};
 use nxgate_core::errors::GatewayError;
 use nxgate_core::replay::Idempotency;
 
@@ -23,10 +23,12 @@ pub struct CallbackRuntime {
     default_receiver: Arc<Upstream>,
     /// Shared with the next generation.
     pub replay: Arc<ReplayStore>,
+    /// The outbox of queued delivery (the process's, whatever the delivery mode).
+    pub outbox: Arc<Outbox>,
     /// How long a delivered pair is remembered: a callback is accepted while its
     /// `createTs` is within the skew window of the clock, so a copy can arrive up to
     /// twice the window after the first was accepted, and none later.
-    keep_delivered: Duration,
+    pub keep_delivered: Duration,
     /// `limits.max_response_body_bytes`, for the receiver's answer.
     max_answer_bytes: usize,
 }
@@ -67,40 +69,40 @@ fn receiver_upstream(r: &Receiver, timeout: Duration) -> Arc<Upstream> {
 }
 
 impl CallbackRuntime {
-    /// Builds the callback side of `config`, keeping `previous`'s replay memory when it
-    /// is the same kind (and, for Redis, the same `redis:` config).
-    pub fn new(
-        config: &GatewayConfig,
-        previous: Option<&CallbackRuntime>,
-        redis_metrics: Option<RedisMetrics>,
-    ) -> Option<Self> {
+    /// Builds the callback side of `config`, keeping `previous`'s replay memory (`state:`
+    /// cannot change on reload, so it is the same kind). The replay memory lives where
+    /// `state:` says: in the process (memory), in the state file, or in Redis (on the
+    /// outbox's link).
+    pub fn new(config: &GatewayConfig, previous: Option<&CallbackRuntime>, outbox: &Arc<Outbox>) -> Option<Self> {
         let cb = config.callbacks.clone()?;
         let default_receiver = receiver_upstream(&cb.forward_to, cb.receiver_timeout);
-        let backend = &config.rate_limit_backend;
-        let kept = previous.map(|p| &p.replay).filter(|r| match (r.as_ref(), backend.kind) {
-            (ReplayStore::Local(l), RateLimitKind::Local) => {
-                l.set_capacity(cb.replay_memory_entries);
-                true
-            }
-            (ReplayStore::Redis(r), RateLimitKind::Redis) => r.link().config() == &config.redis,
-            _ => false,
-        });
-        let replay = kept.cloned().unwrap_or_else(|| {
-            Arc::new(match backend.kind {
-                RateLimitKind::Local => ReplayStore::Local(LocalReplay::new(cb.replay_memory_entries)),
-                RateLimitKind::Redis => {
-                    let link = RedisLink::new(config.redis.clone(), "callback replay memory", redis_metrics);
-                    ReplayStore::Redis(RedisReplay::new(link))
+        let replay = match previous {
+            Some(p) => {
+                if let ReplayStore::Local(l) = p.replay.as_ref() {
+                    l.set_capacity(cb.replay_memory_entries);
                 }
-            })
-        });
+                p.replay.clone()
+            }
+            None => Arc::new(match &outbox.backend {
+                Backend::Embedded(e) if config.state.is_durable() => ReplayStore::Embedded(e.clone()),
+                Backend::Embedded(_) => ReplayStore::Local(LocalReplay::new(cb.replay_memory_entries)),
+                Backend::Redis(r) => ReplayStore::Redis(RedisReplay::new(r.link().clone())),
+            }),
+        };
         Some(CallbackRuntime {
+            outbox: outbox.clone(),
             keep_delivered: Duration::from_secs(2 * config.max_clock_skew_secs.max(1)),
             max_answer_bytes: config.max_response_body_bytes,
             config: cb,
             default_receiver,
             replay,
         })
+    }
+
+    /// Where callbacks go whose tenant has no receiver of its own (or is no longer
+    /// configured, for a callback queued before a reload).
+    pub fn default_receiver(&self) -> &Arc<Upstream> {
+        &self.default_receiver
     }
 
     /// The receiver of `tenant`'s callbacks: its own `callbacks_forward_to`, else the

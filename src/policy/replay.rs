@@ -14,7 +14,8 @@
 //! so NXCloud's retry is delivered again. Claiming is atomic: of two concurrent copies,
 //! exactly one is fresh.
 //!
-//! With `rate_limit_backend.kind: "redis"` the memory lives in Redis (keys
+//! With `state.kind: "embedded"` the memory lives in the state file (`store::embedded`),
+//! so it survives a restart. With `state.kind: "redis"` it lives in Redis (keys
 //! `nxgate:callback:<uuid>:<requestID>`, values `d` or `p:<token>`, expiry by `PX`), so
 //! every replica sees it; when Redis cannot answer within `REDIS_TIMEOUT` (or its circuit
 //! breaker is open) the callback is refused with 503 rather than risk a double delivery.
@@ -27,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::net::redis::RedisLink;
+use crate::store::embedded::{Embedded, ReplayState};
+use crate::store::now_ms;
 use nxgate_core::config::Tenant;
 use nxgate_core::errors::GatewayError;
 
@@ -57,6 +60,8 @@ pub enum ReplayStore {
     Local(LocalReplay),
     /// In Redis, shared by every replica.
     Redis(RedisReplay),
+    /// In the embedded state file, kept across restarts.
+    Embedded(Arc<Embedded>),
 }
 
 impl ReplayStore {
@@ -77,6 +82,21 @@ impl ReplayStore {
                 let key = format!("nxgate:callback:{}:{request_id}", r.link.tenant_tag(&tenant.uuid));
                 r.claim(key, token, in_progress_for).await
             }
+            ReplayStore::Embedded(e) => {
+                let key = format!("{}:{request_id}", tenant.uuid);
+                let unavailable = |_| GatewayError::ReplayStoreUnavailable("the state store cannot answer");
+                Ok(
+                    match e
+                        .replay_claim(key.clone(), token.clone(), in_progress_for, now_ms())
+                        .await
+                        .map_err(unavailable)?
+                    {
+                        ReplayState::Claimed => Claim::Fresh(Ticket { key, token }),
+                        ReplayState::Delivered => Claim::Delivered,
+                        ReplayState::InProgress => Claim::InProgress,
+                    },
+                )
+            }
         }
     }
 
@@ -85,6 +105,11 @@ impl ReplayStore {
         match self {
             ReplayStore::Local(l) => l.delivered(ticket, keep),
             ReplayStore::Redis(r) => r.delivered(ticket, keep).await,
+            ReplayStore::Embedded(e) => {
+                if let Err(err) = e.replay_delivered(ticket.key, keep, now_ms()).await {
+                    tracing::warn!(error = %err, "callback delivered but the state store cannot record it; a retry after the claim expires would be delivered again");
+                }
+            }
         }
     }
 
@@ -93,6 +118,8 @@ impl ReplayStore {
         match self {
             ReplayStore::Local(l) => l.failed(ticket),
             ReplayStore::Redis(r) => r.failed(ticket).await,
+            // On failure the claim simply expires.
+            ReplayStore::Embedded(e) => drop(e.replay_failed(ticket.key, ticket.token).await),
         }
     }
 }

@@ -96,6 +96,97 @@ pub struct Metrics {
     pub redis: RedisFamilies,
     /// The listeners' edge: connections refused or cut before HTTP (`net::edge`).
     pub edge: EdgeMetrics,
+    /// The callback outbox (queued delivery).
+    pub outbox: OutboxFamilies,
+}
+
+/// How one delivery attempt of the outbox ended: the `result` of
+/// `nxgate_callback_delivery_attempts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// It answered something else.
+    ReceiverError,
+    /// No whole answer within `callbacks.receiver_timeout_ms`.
+    Timeout,
+    /// Refused, reset, or not HTTP.
+    Unreachable,
+}
+
+impl AttemptResult {
+    /// Every result, in the order of [`OutboxSeries`]' counters.
+    pub const ALL: [AttemptResult; 4] =
+        [AttemptResult::Delivered, AttemptResult::ReceiverError, AttemptResult::Timeout, AttemptResult::Unreachable];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Delivered => "delivered",
+            AttemptResult::ReceiverError => "receiver_error",
+            AttemptResult::Timeout => "timeout",
+            AttemptResult::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// The outbox's families (issue 24).
+pub struct OutboxFamilies {
+    /// `nxgate_callback_queue_depth{tenant}`.
+    pub depth: IntGaugeVec,
+    /// `nxgate_callback_queue_oldest_seconds{tenant}`.
+    pub oldest: IntGaugeVec,
+    /// `nxgate_callback_delivery_attempts_total{tenant,result}`.
+    pub attempts: IntCounterVec,
+    /// `nxgate_callback_dead_letters{tenant}`.
+    pub dead: IntGaugeVec,
+}
+
+impl OutboxFamilies {
+    fn new(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["tenant"]).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "nxgate_callback_delivery_attempts_total",
+                "Outbox delivery attempts, by tenant and result (delivered, receiver_error, timeout, unreachable).",
+            ),
+            &["tenant", "result"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(attempts.clone())).expect("unique metric");
+        OutboxFamilies {
+            depth: gauge("nxgate_callback_queue_depth", "Callbacks waiting for delivery (in delivery included)."),
+            oldest: gauge(
+                "nxgate_callback_queue_oldest_seconds",
+                "Age of the oldest callback waiting for delivery, seconds (0: none waits).",
+            ),
+            attempts,
+            dead: gauge("nxgate_callback_dead_letters", "Dead letters held (GET /callbacks/dead)."),
+        }
+    }
+}
+
+/// One tenant's outbox series, resolved once per generation.
+pub struct OutboxSeries {
+    /// Its queue depth.
+    pub depth: IntGauge,
+    /// Its oldest waiting callback's age.
+    pub oldest: IntGauge,
+    /// Its dead letters.
+    pub dead: IntGauge,
+    /// In `AttemptResult::ALL` order.
+    attempts: [IntCounter; 4],
+}
+
+impl OutboxSeries {
+    /// Counts one attempt.
+    pub fn attempt(&self, result: AttemptResult) {
+        self.attempts[result as usize].inc();
+    }
 }
 
 /// The Redis connection's families (issue 23), kept in one block.
@@ -298,7 +389,9 @@ impl Metrics {
             upstream_errors.with_label_values(&[failure.label()]);
         }
         let redis = RedisFamilies::new(&registry);
+        let outbox = OutboxFamilies::new(&registry);
         Metrics {
+            outbox,
             registry,
             requests,
             request_duration,
@@ -359,12 +452,14 @@ pub struct TenantMetrics {
     pub upstream_busy: IntCounter,
     /// Its callbacks' series.
     pub callbacks: CallbackSeries,
+    /// Its outbox's series.
+    pub outbox: OutboxSeries,
 }
 
 /// The callback series of one tenant, or of `-` (callbacks that named no tenant).
 pub struct CallbackSeries {
     /// In `CallbackOutcome::ALL` order.
-    outcomes: [IntCounter; 12],
+    outcomes: [IntCounter; 13],
     /// `nxgate_callback_delivery_duration_seconds{tenant}`.
     pub delivery_duration: Histogram,
 }
@@ -428,6 +523,12 @@ impl Metrics {
                 .collect(),
             upstream_busy: self.upstream_busy.with_label_values(&[name]),
             callbacks: self.callback_series(name),
+            outbox: OutboxSeries {
+                depth: self.outbox.depth.with_label_values(&[name]),
+                oldest: self.outbox.oldest.with_label_values(&[name]),
+                dead: self.outbox.dead.with_label_values(&[name]),
+                attempts: AttemptResult::ALL.map(|r| self.outbox.attempts.with_label_values(&[name, r.as_str()])),
+            },
         }
     }
 

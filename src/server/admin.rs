@@ -6,6 +6,8 @@
 //! | `GET /readyz` | 200 once config is loaded and the proxy listeners accept; 503 while draining |
 //! | `GET /metrics` | Prometheus text format |
 //! | `POST /reload` | reloads the config file; 200, or 400 with the reason (old config keeps serving) |
+//! | `GET /callbacks/dead` | the outbox's dead letters, oldest first (JSON array) |
+//! | `POST /callbacks/redrive[?id=]` | queues every dead letter (or one) again with a fresh schedule |
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -21,6 +23,8 @@ use crate::process::lifecycle::Lifecycle;
 use crate::process::metrics::Metrics;
 use crate::server::bind::{write_ready_file, Bound};
 use crate::server::reload::{ReloadError, Reloader};
+use crate::state::Live;
+use crate::store::now_ms;
 
 /// How often the readiness probe retries connecting to the proxy listeners.
 const READINESS_POLL: Duration = Duration::from_millis(20);
@@ -33,6 +37,8 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     /// What `/reload` calls.
     pub reloader: Arc<Reloader>,
+    /// The outbox and the tenants, for the dead-letter endpoints.
+    pub live: Live,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -77,10 +83,61 @@ impl ServeHttp for AdminApp {
                     }
                 }
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => {
+            ("GET" | "HEAD", "/callbacks/dead") => self.dead_letters().await,
+            ("POST", "/callbacks/redrive") => {
+                let id =
+                    req.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("id=")).map(str::to_owned));
+                self.redrive(id.as_deref()).await
+            }
+            (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/callbacks/dead" | "/callbacks/redrive") => {
                 json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"}))
             }
             _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
+        }
+    }
+}
+
+fn store_unavailable(e: crate::store::StoreError) -> Response<Vec<u8>> {
+    json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": e.to_string()}))
+}
+
+impl AdminApp {
+    async fn dead_letters(&self) -> Response<Vec<u8>> {
+        let g = self.live.load_full();
+        match g.outbox.dead_letters(&g.uuids()).await {
+            Ok(dead) => {
+                let list: Vec<_> = dead
+                    .into_iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "id": d.callback.id,
+                            "tenant": d.callback.tenant,
+                            "request_id": d.callback.request_id,
+                            "path": d.callback.target,
+                            "attempts": d.attempts,
+                            "last_error": d.last_error,
+                            "first_received": d.callback.received_ms / 1000,
+                            "dead_since": d.since_ms / 1000,
+                        })
+                    })
+                    .collect();
+                json(StatusCode::OK, serde_json::Value::Array(list))
+            }
+            Err(e) => store_unavailable(e),
+        }
+    }
+
+    async fn redrive(&self, id: Option<&str>) -> Response<Vec<u8>> {
+        let g = self.live.load_full();
+        match g.outbox.redrive(&g.uuids(), id, now_ms()).await {
+            Ok(0) if id.is_some() => {
+                json(StatusCode::NOT_FOUND, serde_json::json!({"error": "no dead letter has this id"}))
+            }
+            Ok(n) => {
+                tracing::info!(redriven = n, id, "dead letters queued again");
+                json(StatusCode::OK, serde_json::json!({"redriven": n}))
+            }
+            Err(e) => store_unavailable(e),
         }
     }
 }

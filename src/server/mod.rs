@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::callbacks::outbox::OutboxWorker;
 use crate::callbacks::Callbacks;
 use crate::net::downstream::{DeadlineSource, HeaderDeadline};
 use crate::net::edge::{CapSource, Edge, EdgeCounters, SourceFilter, SourcePolicy};
@@ -30,6 +31,8 @@ use crate::server::bind::{BindError, Bound};
 use crate::server::reload::{Reloader, TlsStores};
 use crate::shell::Shell;
 use crate::state::{self, Live};
+use crate::store::embedded::OpenError;
+use crate::store::Outbox;
 use nxgate_core::config::{GatewayConfig, SourceList};
 
 /// Seconds each runtime gets to finish its tasks once the grace period is over.
@@ -143,6 +146,9 @@ pub enum StartError {
     /// A listener's certificate and key do not make a key pair.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The state store cannot be opened (`state.dir` held by another process, unreadable).
+    #[error(transparent)]
+    State(#[from] OpenError),
 }
 
 /// A built, not yet running gateway.
@@ -156,6 +162,9 @@ impl Gateway {
     /// Builds every service for `config`; `config_path` is what reloads read. Fails if a
     /// listen address cannot be had.
     pub fn build(config: GatewayConfig, config_path: &Path, mode: &StartMode) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        // Before any listener: a state.dir another process holds stops the start here.
+        let outbox = Outbox::open(&config.state, &config.redis, Some(metrics.redis_metrics()))?;
         let callback_listen = config.callbacks.as_ref().map(|c| c.listen.clone()).unwrap_or_default();
         let bound = Arc::new(Bound::resolve(&config.listen, config.admin_listen, &callback_listen, mode.upgrade)?);
         let tls = TlsStores {
@@ -175,9 +184,8 @@ impl Gateway {
         let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
         server.bootstrap();
 
-        let metrics = Arc::new(Metrics::new());
         let lifecycle = Lifecycle::new(config.shutdown_grace, metrics.clone());
-        let live = state::live(config, metrics.clone());
+        let live = state::live(config, metrics.clone(), outbox);
         let reloader = Arc::new(Reloader::new(config_path.to_owned(), live.clone(), metrics.clone(), tls.clone()));
 
         let app = Shell::new(Proxy(live.clone()), lifecycle.clone(), true);
@@ -200,10 +208,16 @@ impl Gateway {
                 &live,
                 &metrics,
             ));
+            server.add_service(background_service("callback outbox", OutboxWorker { live: live.clone() }));
         }
 
         if let Some(addr) = bound.admin {
-            let admin = AdminApp { lifecycle: lifecycle.clone(), metrics: metrics.clone(), reloader: reloader.clone() };
+            let admin = AdminApp {
+                lifecycle: lifecycle.clone(),
+                metrics: metrics.clone(),
+                reloader: reloader.clone(),
+                live: live.clone(),
+            };
             let deadline = HeaderDeadline::new(admin, header_deadline(&live), metrics.header_timeouts.clone());
             let spec = EdgeSpec { name: "nxgate admin", label: "admin", sources: |c| c.admin_allow_sources.as_ref() };
             let endpoints = std::iter::once(listener(addr, &bound));

@@ -91,6 +91,10 @@ impl Reloader {
         unchanged("admin_listen", &current.config.admin_listen, &next.admin_listen)?;
         let callbacks_listen = |c: &config::GatewayConfig| c.callbacks.as_ref().map(|c| c.listen.clone());
         unchanged("callbacks.listen", &callbacks_listen(&current.config), &callbacks_listen(&next))?;
+        unchanged("state", &current.config.state, &next.state)?;
+        if next.state.kind == config::StateKind::Redis {
+            unchanged("redis (the connection of state.kind \"redis\")", &current.config.redis, &next.redis)?;
+        }
         let has_tls =
             |c: &config::GatewayConfig| (c.listen_tls.is_some(), c.callbacks.as_ref().map(|c| c.tls.is_some()));
         unchanged("whether a listener uses TLS", &has_tls(&current.config), &has_tls(&next))?;
@@ -98,7 +102,7 @@ impl Reloader {
         // before installing any, so a bad one changes nothing.
         let proxy_pair = next.listen_tls.as_ref().map(CertStore::prepare).transpose()?;
         let callback_pair = next.callbacks.as_ref().and_then(|c| c.tls.as_ref()).map(CertStore::prepare).transpose()?;
-        let generation = Generation::next(next, Some(&current), self.metrics.clone());
+        let generation = Generation::next(next, Some(&current), self.metrics.clone(), current.outbox.clone());
         if let (Some(store), Some(pair)) = (&self.tls.proxy, proxy_pair) {
             store.install(pair);
         }

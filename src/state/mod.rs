@@ -19,6 +19,7 @@ use crate::policy::answers::TenantAnswers;
 use crate::policy::delivery::CallbackRuntime;
 use crate::policy::exchange::Nxcloud;
 use crate::process::metrics::{CallbackSeries, Metrics, TenantMetrics, NO_TENANT};
+use crate::store::Outbox;
 use nxgate_core::config::{GatewayConfig, Tenant};
 use nxgate_core::tenants::TenantDirectory;
 
@@ -75,16 +76,22 @@ pub struct Generation {
     pub callbacks: Option<CallbackRuntime>,
     /// The process's metrics, for the series that are not per tenant.
     pub metrics: Arc<Metrics>,
+    /// Durable state (the callback outbox): the process's, carried by every generation.
+    pub outbox: Arc<Outbox>,
 }
 
 impl Generation {
     /// Builds the generation that follows `previous` (on reload; `None` at start),
-    /// carrying over the state that must survive a reload.
-    pub fn next(config: GatewayConfig, previous: Option<&Generation>, metrics: Arc<Metrics>) -> Self {
+    /// carrying over the state that must survive a reload; `outbox` is the process's.
+    pub fn next(
+        config: GatewayConfig,
+        previous: Option<&Generation>,
+        metrics: Arc<Metrics>,
+        outbox: Arc<Outbox>,
+    ) -> Self {
         let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
-        let redis = || Some(metrics.redis_metrics());
-        let callbacks = CallbackRuntime::new(&config, previous.and_then(|p| p.callbacks.as_ref()), redis());
-        let rates = RateBackend::new(&config, previous.map(|p| &p.rates), redis());
+        let callbacks = CallbackRuntime::new(&config, previous.and_then(|p| p.callbacks.as_ref()), &outbox);
+        let rates = RateBackend::new(&config, previous.map(|p| &p.rates), Some(metrics.redis_metrics()));
         let records = tenants
             .all()
             .iter()
@@ -102,7 +109,18 @@ impl Generation {
             rates,
             callbacks,
             metrics,
+            outbox,
         }
+    }
+
+    /// The position of the tenant whose uuid is `uuid`, if configured.
+    pub fn position_by_uuid(&self, uuid: &str) -> Option<usize> {
+        self.tenants.position_by_uuid(uuid)
+    }
+
+    /// Every tenant's uuid, in config order (the outbox's keys).
+    pub fn uuids(&self) -> Vec<String> {
+        self.records.iter().map(|r| r.tenant.uuid.clone()).collect()
     }
 
     /// The record of the tenant at `position` (as the tenant directory answers).
@@ -140,7 +158,7 @@ impl Snapshot {
 /// The generation requests use now; replaced whole on reload.
 pub type Live = Arc<ArcSwap<Generation>>;
 
-/// A `Live` handle holding `config`, counting into `metrics`.
-pub fn live(config: GatewayConfig, metrics: Arc<Metrics>) -> Live {
-    Arc::new(ArcSwap::from_pointee(Generation::next(config, None, metrics)))
+/// A `Live` handle holding `config`, counting into `metrics`, keeping state in `outbox`.
+pub fn live(config: GatewayConfig, metrics: Arc<Metrics>, outbox: Arc<Outbox>) -> Live {
+    Arc::new(ArcSwap::from_pointee(Generation::next(config, None, metrics, outbox)))
 }

@@ -207,6 +207,8 @@ impl ErrorKind {
 pub enum CallbackOutcome {
     /// The receiver answered 2xx.
     Delivered,
+    /// Stored in the outbox (queued delivery), answered 200; delivered later.
+    Queued,
     /// Already delivered; answered 200 with `x-nxgate-duplicate: true`.
     Duplicate,
     /// The receiver answered, but not 2xx (its answer is passed back).
@@ -218,8 +220,9 @@ pub enum CallbackOutcome {
 impl CallbackOutcome {
     /// Every outcome the callback listener can have: the three deliveries and every error
     /// kind its steps can refuse with.
-    pub const ALL: [CallbackOutcome; 12] = [
+    pub const ALL: [CallbackOutcome; 13] = [
         CallbackOutcome::Delivered,
+        CallbackOutcome::Queued,
         CallbackOutcome::Duplicate,
         CallbackOutcome::ReceiverError,
         CallbackOutcome::Refused(ErrorKind::BadCallbackSignature),
@@ -237,6 +240,7 @@ impl CallbackOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             CallbackOutcome::Delivered => "delivered",
+            CallbackOutcome::Queued => "queued",
             CallbackOutcome::Duplicate => "duplicate",
             CallbackOutcome::ReceiverError => "receiver_error",
             CallbackOutcome::Refused(kind) => kind.as_str(),

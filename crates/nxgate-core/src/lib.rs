@@ -7,7 +7,8 @@
 //! rendering). `config` turns the file format into the validated model the gateway runs
 //! on; `secret` holds key material; `clock` is the one wall clock. For NXCloud's own
 //! answers: `vendor` (its codes), `backoff` (after "busy"), `gzip` (bounded decoding);
-//! `replay` decides whether a failed upstream attempt may be sent again.
+//! `replay` decides whether a failed upstream attempt may be sent again; `webhook`
+//! signs callback deliveries the Standard Webhooks way.
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -24,3 +25,4 @@ pub mod signing;
 pub mod tenants;
 pub mod vendor;
 pub mod verify;
+pub mod webhook;

@@ -55,6 +55,64 @@ pub struct FileConfig {
     /// CIDRs the admin listener accepts connections from; `null` = any source.
     #[serde(default)]
     pub admin_allow_sources: Option<Vec<String>>,
+    /// Durable state: the callback outbox and replay memory.
+    #[serde(default)]
+    pub state: StateFile,
+}
+
+/// `state:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// `null` = `"redis"` with `rate_limit_backend.kind: "redis"`, else `"memory"`.
+    #[serde(default)]
+    pub kind: Option<StateKind>,
+    /// The embedded store's directory.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Where durable state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    /// In this process, lost on restart.
+    Memory,
+    /// One file under `state.dir`: survives restarts, this replica only.
+    Embedded,
+    /// The `redis:` connection, shared by every replica.
+    Redis,
+}
+
+impl StateKind {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateKind::Memory => "memory",
+            StateKind::Embedded => "embedded",
+            StateKind::Redis => "redis",
+        }
+    }
+}
+
+/// How verified callbacks reach the receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// Stored first, answered 200, delivered by the outbox with retries.
+    Queued,
+    /// Forwarded while NXCloud waits; the receiver's answer is NXCloud's.
+    Direct,
+}
+
+impl DeliveryMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::Queued => "queued",
+            DeliveryMode::Direct => "direct",
+        }
+    }
 }
 
 /// A certificate chain and its private key, both PEM files.
@@ -92,6 +150,21 @@ pub struct CallbacksFile {
     /// CIDRs the callback listener accepts connections from; `null` = any source.
     #[serde(default)]
     pub allow_sources: Option<Vec<String>>,
+    /// `"queued"` or `"direct"`; `null` = queued with durable state, else direct.
+    #[serde(default)]
+    pub delivery: Option<DeliveryMode>,
+    /// Delay before each delivery attempt, the first included.
+    #[serde(default = "defaults::retry_schedule_ms")]
+    pub retry_schedule_ms: Vec<u64>,
+    /// Most callbacks waiting for delivery at once.
+    #[serde(default = "defaults::max_queued")]
+    pub max_queued: u64,
+    /// Environment variable holding the Standard Webhooks secret.
+    #[serde(default)]
+    pub signing_secret_env: Option<String>,
+    /// File holding the Standard Webhooks secret.
+    #[serde(default)]
+    pub signing_secret_file: Option<PathBuf>,
 }
 
 /// Where rate-limit state lives.
@@ -500,5 +573,14 @@ pub mod defaults {
     /// `callbacks.replay_memory_entries`.
     pub fn replay_memory_entries() -> u64 {
         100_000
+    }
+    /// `callbacks.retry_schedule_ms`: now, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
+    /// (about 27.6 hours in all).
+    pub fn retry_schedule_ms() -> Vec<u64> {
+        vec![0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000]
+    }
+    /// `callbacks.max_queued`.
+    pub fn max_queued() -> u64 {
+        1_000_000
     }
 }

@@ -15,8 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use file::{DeliveryMode, OnRedisError, RateLimitKind, RequestCompression, StateKind, VerifyMode};
 use file::{FileConfig, TenantFile};
-pub use file::{OnRedisError, RateLimitKind, RequestCompression, VerifyMode};
 
 use crate::backoff::BackoffPolicy;
 
@@ -115,6 +115,25 @@ pub struct GatewayConfig {
     pub listen_allow_sources: Option<SourceList>,
     /// Sources the admin listener accepts (`admin_allow_sources`); `None` = any.
     pub admin_allow_sources: Option<SourceList>,
+    /// Where durable state lives (`state:`); only a restart changes it.
+    pub state: StateConfig,
+}
+
+/// The validated `state:` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    /// Memory, embedded or Redis (`null` resolved).
+    pub kind: StateKind,
+    /// The embedded store's directory (resolved against the config file's); set exactly
+    /// when `kind` is embedded.
+    pub dir: Option<PathBuf>,
+}
+
+impl StateConfig {
+    /// Whether state survives a restart of this process.
+    pub fn is_durable(&self) -> bool {
+        self.kind != StateKind::Memory
+    }
 }
 
 /// A validated source allowlist: the CIDRs a listener accepts connections from.
@@ -159,6 +178,14 @@ pub struct CallbacksConfig {
     pub tls: Option<TlsIdentity>,
     /// Sources the callback listener accepts (`callbacks.allow_sources`); `None` = any.
     pub allow_sources: Option<SourceList>,
+    /// Queued (the outbox) or direct (`null` resolved).
+    pub delivery: DeliveryMode,
+    /// Delay before each delivery attempt, the first included (queued delivery).
+    pub retry_schedule: Vec<Duration>,
+    /// Most callbacks waiting for delivery at once.
+    pub max_queued: usize,
+    /// The Standard Webhooks key deliveries are signed with; `None` = unsigned.
+    pub signing_key: Option<crate::webhook::SigningKey>,
 }
 
 /// An internal callback receiver: `http://host[:port]`.
@@ -457,7 +484,11 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
     let redis = validate_redis(&file, base, env, &mut p);
 
     let listen_tls = file.listen_tls.as_ref().and_then(|t| read_tls_identity("listen_tls", t, base, &mut p));
-    let callbacks = file.callbacks.as_ref().and_then(|c| validate_callbacks(c, &listen, admin_listen, base, &mut p));
+    let state = validate_state(&file, base, &mut p);
+    let callbacks = file
+        .callbacks
+        .as_ref()
+        .and_then(|c| validate_callbacks(c, &listen, admin_listen, state.kind, base, env, &mut p));
     if callbacks.is_none() {
         for (i, t) in file.tenants.iter().enumerate() {
             if t.callbacks_forward_to.is_some() && file.callbacks.is_none() {
@@ -470,6 +501,7 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
         return Err(p.0);
     }
     Ok(GatewayConfig {
+        state,
         listen_tls,
         callbacks,
         max_connections,
@@ -497,7 +529,7 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
 /// used or the block is written. Messages never echo the URL: it may carry a password.
 fn validate_redis(file: &FileConfig, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<RedisConfig> {
     let backend = &file.rate_limit_backend;
-    let used = backend.kind == RateLimitKind::Redis;
+    let used = backend.kind == RateLimitKind::Redis || file.state.kind == Some(StateKind::Redis);
     let legacy = backend.redis_url.is_some() || backend.redis_url_env.is_some();
     if file.redis.is_none() && !used {
         return None;
@@ -672,11 +704,44 @@ fn validate_prefixes(field: &str, prefixes: &[String], p: &mut Problems) {
     }
 }
 
+/// `state:`, with `kind: null` resolved: Redis where the rate limits already are, else memory.
+fn validate_state(file: &FileConfig, base: &Path, p: &mut Problems) -> StateConfig {
+    let kind = file.state.kind.unwrap_or(match file.rate_limit_backend.kind {
+        RateLimitKind::Redis => StateKind::Redis,
+        RateLimitKind::Local => StateKind::Memory,
+    });
+    let dir = match (kind, &file.state.dir) {
+        (StateKind::Embedded, None) => {
+            p.add("state.dir", "required with state.kind \"embedded\": the directory of the state file");
+            None
+        }
+        (StateKind::Embedded, Some(d)) if d.as_os_str().is_empty() => {
+            p.add("state.dir", "must not be empty");
+            None
+        }
+        (StateKind::Embedded, Some(d)) => Some(resolve(base, d)),
+        (_, Some(_)) => {
+            p.add("state.dir", format!("only used with state.kind \"embedded\" (kind is {:?})", kind.as_str()));
+            None
+        }
+        (_, None) => None,
+    };
+    StateConfig { kind, dir }
+}
+
+/// Longest delay of one step of `callbacks.retry_schedule_ms`: a week.
+pub const MAX_RETRY_DELAY_MS: u64 = 7 * 24 * 3_600_000;
+
+/// Most steps in `callbacks.retry_schedule_ms`.
+pub const MAX_RETRY_STEPS: usize = 100;
+
 fn validate_callbacks(
     c: &file::CallbacksFile,
     listen: &[SocketAddr],
     admin: Option<SocketAddr>,
+    state: StateKind,
     base: &Path,
+    env: &dyn Environment,
     p: &mut Problems,
 ) -> Option<CallbacksConfig> {
     let before = p.0.len();
@@ -700,10 +765,28 @@ fn validate_callbacks(
     let replay_memory_entries = positive_size("callbacks.replay_memory_entries", c.replay_memory_entries, p);
     let tls = c.tls.as_ref().and_then(|t| read_tls_identity("callbacks.tls", t, base, p));
     let allow_sources = c.allow_sources.as_ref().map(|l| source_list("callbacks.allow_sources", l, p));
+    let delivery = c.delivery.unwrap_or(match state {
+        StateKind::Memory => DeliveryMode::Direct,
+        StateKind::Embedded | StateKind::Redis => DeliveryMode::Queued,
+    });
+    if c.retry_schedule_ms.is_empty() || c.retry_schedule_ms.len() > MAX_RETRY_STEPS {
+        p.add("callbacks.retry_schedule_ms", format!("must list 1 to {MAX_RETRY_STEPS} delays (ms)"));
+    }
+    for (i, ms) in c.retry_schedule_ms.iter().enumerate() {
+        if *ms > MAX_RETRY_DELAY_MS {
+            p.add(format!("callbacks.retry_schedule_ms[{i}]"), "must be at most 604800000 (7 days)");
+        }
+    }
+    let max_queued = positive_size("callbacks.max_queued", c.max_queued, p);
+    let signing_key = signing_key(c, base, env, p);
     if p.0.len() > before {
         return None;
     }
     Some(CallbacksConfig {
+        delivery,
+        retry_schedule: c.retry_schedule_ms.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+        max_queued,
+        signing_key,
         listen: addrs,
         forward_to: forward_to?,
         allow_prefixes: c.allow_prefixes.clone(),
@@ -712,6 +795,40 @@ fn validate_callbacks(
         tls,
         allow_sources,
     })
+}
+
+/// `callbacks.signing_secret_env` / `signing_secret_file`: at most one, holding a
+/// `whsec_` secret. Messages never echo it.
+fn signing_key(
+    c: &file::CallbacksFile,
+    base: &Path,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Option<crate::webhook::SigningKey> {
+    let (text, field) = match (&c.signing_secret_env, &c.signing_secret_file) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            p.add("callbacks.signing_secret_env", "set at most one of signing_secret_env / signing_secret_file");
+            return None;
+        }
+        (Some(var), None) => match env.var(var) {
+            Some(v) => (Secret::new(v.into_encoded_bytes()), "callbacks.signing_secret_env"),
+            None => {
+                p.add("callbacks.signing_secret_env", format!("environment variable {var} is not set"));
+                return None;
+            }
+        },
+        (None, Some(f)) => match crate::secret::read_secret_file(&resolve(base, f)) {
+            Ok(s) => (s, "callbacks.signing_secret_file"),
+            Err(e) => {
+                p.add("callbacks.signing_secret_file", e);
+                return None;
+            }
+        },
+    };
+    crate::webhook::SigningKey::parse(text.expose())
+        .map_err(|e| p.add(field, format!("not a Standard Webhooks secret: {e}")))
+        .ok()
 }
 
 /// A list of CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or bare addresses (one host). An empty

@@ -211,6 +211,10 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(shipped.replay_memory_entries, minimal.replay_memory_entries);
     assert!(shipped.tls.is_none() && minimal.tls.is_none());
     assert_eq!(shipped.allow_sources, minimal.allow_sources);
+    assert_eq!(shipped.delivery, minimal.delivery);
+    assert_eq!(shipped.retry_schedule, minimal.retry_schedule);
+    assert_eq!(shipped.max_queued, minimal.max_queued);
+    assert!(shipped.signing_key.is_none() && minimal.signing_key.is_none());
 }
 
 #[test]
@@ -250,6 +254,71 @@ fn callbacks_get_the_documented_defaults() {
     assert_eq!(c.replay_memory_entries, 100_000);
     assert!(c.tls.is_none());
     assert!(load_text(MINIMAL).unwrap().callbacks.is_none(), "no callbacks key, no callback listener");
+}
+
+#[test]
+fn state_and_delivery_resolve_their_nulls() {
+    let c = load_text(&format!("{MINIMAL}callbacks: {{}}\n")).unwrap();
+    assert_eq!(c.state, StateConfig { kind: StateKind::Memory, dir: None });
+    let cb = c.callbacks.unwrap();
+    assert_eq!(cb.delivery, DeliveryMode::Direct, "memory state: today's pass-through");
+    assert_eq!(cb.retry_schedule.len(), 8);
+    assert_eq!(cb.retry_schedule[1], Duration::from_secs(5));
+    assert_eq!(cb.max_queued, 1_000_000);
+
+    let c = load_text(&format!("{MINIMAL}state: {{ kind: \"embedded\", dir: st }}\ncallbacks: {{}}\n")).unwrap();
+    assert_eq!(c.state.kind, StateKind::Embedded);
+    assert!(c.state.dir.as_ref().unwrap().ends_with("st"), "resolved against the config's directory");
+    assert_eq!(c.callbacks.unwrap().delivery, DeliveryMode::Queued);
+
+    let c = load_text(&format!("{MINIMAL}rate_limit_backend: {{ kind: \"redis\" }}\ncallbacks: {{}}\n")).unwrap();
+    assert_eq!(c.state.kind, StateKind::Redis, "where the replay memory already lived");
+    assert_eq!(c.callbacks.unwrap().delivery, DeliveryMode::Queued);
+
+    let c = load_text(&format!(
+        "{MINIMAL}state: {{ kind: \"redis\" }}\ncallbacks: {{ delivery: \"direct\", retry_schedule_ms: [0, 10] }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.redis.host, "127.0.0.1:6379", "state on Redis uses the redis: block");
+    let cb = c.callbacks.unwrap();
+    assert_eq!(cb.delivery, DeliveryMode::Direct);
+    assert_eq!(cb.retry_schedule, vec![Duration::ZERO, Duration::from_millis(10)]);
+}
+
+#[test]
+fn state_and_queued_delivery_are_validated_field_by_field() {
+    assert_problem(&format!("{MINIMAL}state: {{ kind: \"embedded\" }}\n"), "state.dir");
+    assert_problem(&format!("{MINIMAL}state: {{ kind: \"memory\", dir: /tmp/x }}\n"), "state.dir");
+    assert_problem(&format!("{MINIMAL}state: {{ kind: \"disk\" }}\n"), "state.kind");
+    assert_problem(&format!("{MINIMAL}state: {{ knd: \"memory\" }}\n"), "knd");
+    let with = |block: &str| format!("{MINIMAL}callbacks:\n{block}\n");
+    assert_problem(&with("  delivery: \"later\""), "delivery");
+    assert_problem(&with("  retry_schedule_ms: []"), "callbacks.retry_schedule_ms");
+    assert_problem(&with("  retry_schedule_ms: [0, 604800001]"), "callbacks.retry_schedule_ms[1]");
+    assert_problem(&with("  max_queued: 0"), "callbacks.max_queued");
+    assert_problem(&with("  signing_secret_env: NXGATE_TEST_UNSET_WHSEC"), "callbacks.signing_secret_env");
+    assert_problem(&with("  signing_secret_file: /nonexistent/whsec"), "callbacks.signing_secret_file");
+    assert_problem(
+        &with("  signing_secret_env: A\n  signing_secret_file: /nonexistent/whsec"),
+        "callbacks.signing_secret_env",
+    );
+}
+
+#[test]
+fn a_signing_secret_must_be_whsec_base64_and_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    std::fs::write(&good, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let c = load_text(&format!("{MINIMAL}callbacks: {{ signing_secret_file: {} }}\n", good.display())).unwrap();
+    let key = c.callbacks.unwrap().signing_key.unwrap();
+    assert_eq!(key.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#).len(), 47);
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let problems = load_text(&format!("{MINIMAL}callbacks: {{ signing_secret_file: {} }}\n", bad.display()))
+        .unwrap_err()
+        .to_string();
+    assert!(problems.contains("callbacks.signing_secret_file") && problems.contains("whsec_"), "{problems}");
+    assert!(!problems.contains("MfKQ9r8"), "the secret is never echoed: {problems}");
 }
 
 #[test]

@@ -7,13 +7,18 @@
 //!
 //! route (`callbacks.allow_prefixes`) → frame and read the body (`net::body`, the proxy's
 //! rules and `max_request_body_bytes`) → verify (`nxgate_core::callback`: uuid → tenant,
-//! headers, algorithm, createTs, sign over the exact bytes) → claim the pair in the replay
-//! memory and deliver to the tenant's receiver (`policy::delivery`, with Pingora's
-//! connector, plain HTTP, under `receiver_timeout_ms`) → answer NXCloud with the
-//! receiver's answer.
+//! headers, algorithm, createTs, sign over the exact bytes) → then, by
+//! `callbacks.delivery`:
+//! - **queued**: store it in the outbox (`store`; durable before the answer) and answer
+//!   NXCloud 200; the outbox worker (`outbox`) delivers it, signed, with retries;
+//! - **direct**: claim the pair in the replay memory and deliver to the tenant's receiver
+//!   (`policy::delivery`, with Pingora's connector, plain HTTP, under
+//!   `receiver_timeout_ms`) → answer NXCloud with the receiver's answer.
 //!
-//! A refused callback is answered before any connection to the receiver is opened, so the
-//! receiver never sees a byte of it.
+//! A refused callback is answered before anything is stored and before any connection to
+//! the receiver is opened, so the receiver never sees a byte of it.
+
+pub mod outbox;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,10 +29,13 @@ use crate::net::{body, upstream};
 use crate::policy::delivery::{Delivery, DeliveryReport};
 use crate::shell::{self, Flow, Reply, Request};
 use crate::state::{Live, Snapshot};
+use crate::store::{self, Intake};
 use nxgate_core::callback::verify_callback;
 use nxgate_core::clock::now_unix;
+use nxgate_core::config::DeliveryMode;
 use nxgate_core::errors::{CallbackOutcome, GatewayError};
 use nxgate_core::headers::{self, CALLBACK_DUPLICATE_HEADER, CALLBACK_TENANT_HEADER, REQUEST_ID_HEADER};
+use nxgate_core::webhook;
 
 /// The callback flow's state for one request, read by its metrics and access event.
 pub struct CallbackCtx {
@@ -98,12 +106,48 @@ impl Flow for Callbacks {
         let record = g.record(verified.position);
         let receiver = record.receiver.as_ref().ok_or(GatewayError::RouteNotAllowed)?;
         let tenant = &record.tenant;
+        if cb.config.delivery == DeliveryMode::Queued {
+            let callback = store::Callback {
+                id: webhook::message_id(&tenant.uuid, &request_id),
+                tenant: tenant.name.clone(),
+                uuid: tenant.uuid.clone(),
+                request_id: request_id.clone(),
+                method: header.method.as_str().to_owned(),
+                target,
+                headers: headers::forwardable_callback_headers(&header.headers)
+                    .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                    .collect(),
+                received_ms: store::now_ms(),
+            };
+            let first_delay = cb.config.retry_schedule[0];
+            let full = GatewayError::ReplayStoreUnavailable("the callback queue is full");
+            let unavailable = |e: store::StoreError| {
+                tracing::error!(error = %e, "a callback could not be stored; NXCloud is answered 503 and retries");
+                GatewayError::ReplayStoreUnavailable("the state store cannot answer")
+            };
+            return match cb
+                .outbox
+                .intake(callback, body, first_delay, cb.config.max_queued)
+                .await
+                .map_err(unavailable)?
+            {
+                Intake::Stored => {
+                    ctx.delivered = CallbackOutcome::Queued;
+                    Ok(json_reply(&request_id, br#"{"code":0,"msg":"callback accepted"}"#, false))
+                }
+                Intake::Duplicate => {
+                    ctx.delivered = CallbackOutcome::Duplicate;
+                    Ok(json_reply(&request_id, br#"{"code":0,"msg":"callback already accepted"}"#, true))
+                }
+                Intake::Full => Err(full),
+            };
+        }
         let delivery = delivery_header(header, &target, receiver.authority(), &tenant.name, &request_id, body.len())?;
 
         match cb.deliver(receiver, tenant, &request_id, delivery, &body, &mut ctx.delivery).await? {
             Delivery::Duplicate => {
                 ctx.delivered = CallbackOutcome::Duplicate;
-                Ok(duplicate_reply(&request_id))
+                Ok(json_reply(&request_id, br#"{"code":0,"msg":"callback already delivered"}"#, true))
             }
             Delivery::Answered(response) => {
                 if !response.header.status.is_success() {
@@ -163,13 +207,16 @@ fn delivery_header(
     Ok(h)
 }
 
-/// The answer to a callback that was already delivered.
-fn duplicate_reply(request_id: &str) -> Reply {
-    let body = Bytes::from_static(br#"{"code":0,"msg":"callback already delivered"}"#);
+/// The gateway's own 200 to NXCloud (the vendor's `code` 0 shape): a callback accepted,
+/// or a `duplicate` of one already accepted or delivered.
+fn json_reply(request_id: &str, body: &'static [u8], duplicate: bool) -> Reply {
+    let body = Bytes::from_static(body);
     let mut h = ResponseHeader::build(200, Some(4)).expect("200 is valid");
     h.insert_header(http::header::CONTENT_TYPE, "application/json").expect("static");
     h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string()).expect("number");
-    h.insert_header(CALLBACK_DUPLICATE_HEADER, "true").expect("static");
+    if duplicate {
+        h.insert_header(CALLBACK_DUPLICATE_HEADER, "true").expect("static");
+    }
     h.insert_header(REQUEST_ID_HEADER, request_id).expect("verified visible ASCII");
     Reply { header: h, body }
 }
