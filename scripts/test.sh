@@ -11,6 +11,8 @@ nxgate_install redis-server:redis-server redis-sentinel:redis-sentinel redis-cli
 nxgate_install curl:curl
 # tests/deploy.rs lints and validates deploy/ with hadolint, kubernetes-validate, systemd-analyze.
 bash scripts/install-deploy-tools.sh
+# tests/observability.rs runs promtool (Debian's prometheus package) over the alert rules.
+bash scripts/install-promtool.sh
 # Style and lints are part of the suite: formatted to rustfmt.toml, no clippy warning.
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -16,13 +16,15 @@ use pingora::protocols::http::ServerSession;
 use crate::net::body;
 use crate::policy::admission::{self, InFlightSlot, RateDecision, RateState};
 use crate::policy::answers;
-use crate::policy::exchange::{self, ExchangeReport, Outbound};
+use crate::policy::exchange::{self, ExchangeReport, Outbound, Phases};
+use crate::process::telemetry::Trace;
 use crate::shell::{self, Flow, Reply, Request};
 use crate::state::{Generation, Live, Snapshot, TenantRecord};
 use nxgate_core::clock::now_unix_ms;
 use nxgate_core::config::{GatewayConfig, RequestCompression};
 use nxgate_core::errors::{GatewayError, Refusal};
 use nxgate_core::gzip::{self, GzipError};
+use opentelemetry::trace::SpanKind;
 
 /// The proxy's state for one request, read by its metrics and access event.
 pub struct ProxyCtx {
@@ -36,6 +38,8 @@ pub struct ProxyCtx {
     _slot: Option<InFlightSlot>,
     /// The tenant's rate-limit state, for the `RateLimit*` headers.
     rate_state: Option<RateState>,
+    /// Its trace's root span (empty with telemetry off); ends when the request does.
+    trace: Trace,
 }
 
 /// Decrements a gauge when dropped.
@@ -69,6 +73,7 @@ impl Flow for Proxy {
             _gauge: None,
             _slot: None,
             rate_state: None,
+            trace: Trace::none(),
         }
     }
 
@@ -117,6 +122,9 @@ impl Flow for Proxy {
 
     fn log(&self, session: &ServerSession, req: &Request, ctx: &ProxyCtx) {
         let header = session.req_header();
+        if ctx.trace.is_recording() {
+            annotate(&ctx.trace, header, req, ctx);
+        }
         tracing::info!(
             target: crate::process::logging::ACCESS_TARGET,
             tenant = self.tenant(ctx).unwrap_or("-"),
@@ -134,25 +142,75 @@ impl Flow for Proxy {
             verify = ctx.exchange.verify.as_str(),
             verify_failure = ctx.exchange.verify.failure_reason(),
             error_kind = req.outcome(),
+            trace_id = ctx.trace.trace_id(),
             "request"
         );
+    }
+}
+
+/// The root span's attributes, once the request is answered: who, what, how it ended.
+fn annotate(trace: &Trace, header: &RequestHeader, req: &Request, ctx: &ProxyCtx) {
+    trace.set("http.request.method", header.method.as_str().to_owned());
+    trace.set("url.path", header.uri.path().to_owned());
+    trace.set("http.response.status_code", i64::from(req.status));
+    trace.set("nxgate.request_id", req.id.clone());
+    if let Some(tenant) = ctx.at.tenant_name() {
+        trace.set("nxgate.tenant", tenant.to_owned());
+    }
+    if let Some(code) = ctx.exchange.upstream_code {
+        trace.set("nxgate.vendor_code", code);
+        trace.set("nxgate.vendor_code_verified", ctx.exchange.code_verified);
+    }
+    if let Some(status) = ctx.exchange.upstream_status {
+        trace.set("nxgate.upstream_status", i64::from(status));
+    }
+    trace.set("nxgate.verify", ctx.exchange.verify.as_str());
+    if let Some(reason) = ctx.exchange.verify.failure_reason() {
+        trace.set("nxgate.verify_failure", reason);
+    }
+    if let Some(kind) = req.outcome() {
+        trace.set("error.type", kind);
+        trace.fail(kind);
+    }
+}
+
+/// The exchange's three child spans (sign, upstream exchange, verify), from the times
+/// it took: the exchange itself reads no clock for them unless telemetry is on.
+fn exchange_spans(trace: &Trace, phases: &Phases) {
+    let steps = [
+        ("sign", SpanKind::Internal, phases.signing, phases.sent),
+        ("upstream exchange", SpanKind::Client, phases.sent, phases.answered),
+        ("verify", SpanKind::Internal, phases.answered, phases.verified),
+    ];
+    for (name, kind, start, end) in steps {
+        if let (Some(start), Some(end)) = (start, end) {
+            trace.child(name, kind, Some(start)).end(Some(end));
+        }
     }
 }
 
 /// The request path proper. Each step may refuse the request with a `GatewayError`.
 async fn handle(session: &mut ServerSession, req: &mut Request, ctx: &mut ProxyCtx) -> Result<Reply, GatewayError> {
     let g = ctx.at.g.clone();
+    ctx.trace = Trace::server("nxgate.proxy", &session.req_header().headers);
+    let step = ctx.trace.child("authenticate", SpanKind::Internal, None);
     let position = authenticate(&g, session)?;
+    step.end(None);
     ctx.at.tenant = Some(position);
     let record = g.record(position);
     ctx._gauge = Some(GaugeGuard::new(&record.metrics.in_flight));
     let target = body::allowed_target(session.req_header(), &g.config.allow_prefixes)?;
     let limit = g.config.max_request_body_bytes;
     let declared = body::check_framing(session, limit)?;
+    let step = ctx.trace.child("admit", SpanKind::Internal, None);
     let admitted = match admit(&g, record, ctx).await {
         Ok(()) => answers::admit(g.config.upstream.busy_backoff.as_ref(), &record.answers, now_unix_ms()),
         Err(refused) => Err(refused),
     };
+    if let Err(refused) = &admitted {
+        step.fail(refused.kind());
+    }
+    step.end(None);
     if let Err(refused) = admitted {
         // A limited caller retries: read its body (bounded as always) so its keep-alive
         // connection survives the 429 instead of being closed with an unread body.
@@ -169,7 +227,13 @@ async fn handle(session: &mut ServerSession, req: &mut Request, ctx: &mut ProxyC
     let out = Outbound { method: &header.method, target: &target, headers: &header.headers, decoded };
     let tenant = &record.tenant;
     let verify = g.config.verify_mode;
+    if ctx.trace.is_recording() {
+        ctx.exchange.phases = Some(Phases::default());
+    }
     let result = exchange::signed_exchange(&g.nxcloud, tenant, &req.id, out, &body, verify, &mut ctx.exchange).await;
+    if let Some(phases) = &ctx.exchange.phases {
+        exchange_spans(&ctx.trace, phases);
+    }
     let backoff = g.config.upstream.busy_backoff.as_ref();
     let backing_off = &g.metrics.backoff_tenants;
     answers::observe(backoff, &record.answers, &record.metrics, backing_off, &ctx.exchange, now_unix_ms());

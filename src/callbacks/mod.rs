@@ -27,6 +27,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::net::{body, upstream};
 use crate::policy::delivery::{Delivery, DeliveryReport};
+use crate::process::telemetry::Trace;
 use crate::shell::{self, Flow, Reply, Request};
 use crate::state::{Live, Snapshot};
 use crate::store::{self, Intake};
@@ -36,6 +37,7 @@ use nxgate_core::config::DeliveryMode;
 use nxgate_core::errors::{CallbackOutcome, GatewayError};
 use nxgate_core::headers::{self, CALLBACK_DUPLICATE_HEADER, CALLBACK_TENANT_HEADER, REQUEST_ID_HEADER};
 use nxgate_core::webhook;
+use opentelemetry::trace::SpanKind;
 
 /// The callback flow's state for one request, read by its metrics and access event.
 pub struct CallbackCtx {
@@ -47,6 +49,8 @@ pub struct CallbackCtx {
     delivered: CallbackOutcome,
     /// The exchange with the receiver.
     delivery: DeliveryReport,
+    /// Its trace's root span (empty with telemetry off).
+    trace: Trace,
 }
 
 impl CallbackCtx {
@@ -69,6 +73,7 @@ impl Flow for Callbacks {
             request_id: None,
             delivered: CallbackOutcome::Delivered,
             delivery: DeliveryReport::default(),
+            trace: Trace::none(),
         }
     }
 
@@ -93,13 +98,17 @@ impl Flow for Callbacks {
         req.bytes_in = body.len();
 
         let header = session.req_header();
+        ctx.trace = Trace::server("nxgate.callback", &header.headers);
+        let step = ctx.trace.child("verify", SpanKind::Internal, None);
         let now = now_unix().as_secs();
         let verified = verify_callback(&g.tenants, &header.headers, &body, g.config.max_clock_skew_secs, now).map_err(
             |refused| {
                 ctx.at.tenant = refused.position;
+                step.fail(refused.error.kind());
                 refused.error
             },
         )?;
+        step.end(None);
         ctx.at.tenant = Some(verified.position);
         let request_id = verified.request_id.to_owned();
         ctx.request_id = Some(request_id.clone());
@@ -118,6 +127,7 @@ impl Flow for Callbacks {
                     .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
                     .collect(),
                 received_ms: store::now_ms(),
+                traceparent: ctx.trace.traceparent(),
             };
             let first_delay = cb.config.retry_schedule[0];
             let full = GatewayError::ReplayStoreUnavailable("the callback queue is full");
@@ -125,12 +135,13 @@ impl Flow for Callbacks {
                 tracing::error!(error = %e, "a callback could not be stored; NXCloud is answered 503 and retries");
                 GatewayError::ReplayStoreUnavailable("the state store cannot answer")
             };
-            return match cb
-                .outbox
-                .intake(callback, body, first_delay, cb.config.max_queued)
-                .await
-                .map_err(unavailable)?
-            {
+            let step = ctx.trace.child("store", SpanKind::Internal, None);
+            let stored = cb.outbox.intake(callback, body, first_delay, cb.config.max_queued).await;
+            if let Err(e) = &stored {
+                step.fail(&e.to_string());
+            }
+            step.end(None);
+            return match stored.map_err(unavailable)? {
                 Intake::Stored => {
                     ctx.delivered = CallbackOutcome::Queued;
                     Ok(json_reply(&request_id, br#"{"code":0,"msg":"callback accepted"}"#, false))
@@ -142,9 +153,21 @@ impl Flow for Callbacks {
                 Intake::Full => Err(full),
             };
         }
-        let delivery = delivery_header(header, &target, receiver.authority(), &tenant.name, &request_id, body.len())?;
-
-        match cb.deliver(receiver, tenant, &request_id, delivery, &body, &mut ctx.delivery).await? {
+        let mut delivery =
+            delivery_header(header, &target, receiver.authority(), &tenant.name, &request_id, body.len())?;
+        let step = ctx.trace.child("deliver", SpanKind::Client, None);
+        if let Some(tp) = step.traceparent() {
+            let _ = delivery.insert_header("traceparent", tp);
+        }
+        let delivered = cb.deliver(receiver, tenant, &request_id, delivery, &body, &mut ctx.delivery).await;
+        if let Some(status) = ctx.delivery.receiver_status {
+            step.set("http.response.status_code", i64::from(status));
+        }
+        if let Err(e) = &delivered {
+            step.fail(e.kind());
+        }
+        step.end(None);
+        match delivered? {
             Delivery::Duplicate => {
                 ctx.delivered = CallbackOutcome::Duplicate;
                 Ok(json_reply(&request_id, br#"{"code":0,"msg":"callback already delivered"}"#, true))
@@ -167,7 +190,22 @@ impl Flow for Callbacks {
         }
     }
 
-    fn log(&self, _session: &ServerSession, req: &Request, ctx: &CallbackCtx) {
+    fn log(&self, session: &ServerSession, req: &Request, ctx: &CallbackCtx) {
+        if ctx.trace.is_recording() {
+            let t = &ctx.trace;
+            t.set("url.path", session.req_header().uri.path().to_owned());
+            t.set("http.response.status_code", i64::from(req.status));
+            t.set("nxgate.outcome", ctx.outcome(req).as_str());
+            if let Some(tenant) = self.tenant(ctx) {
+                t.set("nxgate.tenant", tenant.to_owned());
+            }
+            if let Some(id) = &ctx.request_id {
+                t.set("nxgate.request_id", id.clone());
+            }
+            if let Some(kind) = req.outcome() {
+                t.fail(kind);
+            }
+        }
         tracing::info!(
             target: crate::process::logging::ACCESS_TARGET,
             listener = Self::LISTENER,
@@ -181,6 +219,7 @@ impl Flow for Callbacks {
             delivery_ms = ctx.delivery.time.map(|d| d.as_secs_f64() * 1e3),
             bytes_in = req.bytes_in,
             bytes_out = req.bytes_out,
+            trace_id = ctx.trace.trace_id(),
             "callback"
         );
     }

@@ -22,12 +22,14 @@ use tokio::sync::Semaphore;
 use crate::net::upstream::{self, UpstreamError};
 use crate::policy::replay::IN_PROGRESS_MARGIN;
 use crate::process::metrics::AttemptResult;
+use crate::process::telemetry::Trace;
 use crate::state::{Generation, Live};
 use crate::store::{now_ms, Job, Settle};
 use nxgate_core::clock::now_unix;
 use nxgate_core::headers::{CALLBACK_TENANT_HEADER, REQUEST_ID_HEADER};
 use nxgate_core::replay::Idempotency;
 use nxgate_core::webhook::SigningKey;
+use opentelemetry::trace::SpanKind;
 
 /// Most attempts in progress at once (per process).
 pub const MAX_IN_DELIVERY: usize = 64;
@@ -122,30 +124,35 @@ async fn attempt(g: &Generation, job: Job) {
     let record = g.position_by_uuid(&c.uuid).map(|p| g.record(p));
     let receiver = record.and_then(|r| r.receiver.clone()).unwrap_or_else(|| cb.default_receiver().clone());
     let tenant = record.map_or(c.tenant.as_str(), |r| r.tenant.name.as_str());
+    // A child of the callback's intake span, whatever replica or restart attempts it.
+    let span = Trace::from_traceparent("nxgate.callback.delivery", SpanKind::Client, c.traceparent.as_deref());
     let timestamp = now_unix().as_secs();
     let started = Instant::now();
-    let (result, error, status) =
-        match delivery_header(&job, tenant, receiver.authority(), cb.config.signing_key.as_ref(), timestamp) {
-            Err(e) => (AttemptResult::Unreachable, format!("cannot build the delivery: {e}"), None),
-            Ok(header) => {
-                let build = || header.clone();
-                match receiver
-                    .send(build, &job.body, g.config.max_response_body_bytes, Idempotency::NotIdempotent)
-                    .await
-                {
-                    Ok(r) if r.header.status.is_success() => {
-                        (AttemptResult::Delivered, String::new(), Some(r.header.status.as_u16()))
-                    }
-                    Ok(r) => (
-                        AttemptResult::ReceiverError,
-                        format!("receiver answered {}", r.header.status.as_u16()),
-                        Some(r.header.status.as_u16()),
-                    ),
-                    Err(UpstreamError::Timeout(m)) => (AttemptResult::Timeout, format!("receiver timeout: {m}"), None),
-                    Err(e) => (AttemptResult::Unreachable, format!("receiver unreachable: {e}"), None),
+    let (result, error, status) = match delivery_header(
+        &job,
+        tenant,
+        receiver.authority(),
+        cb.config.signing_key.as_ref(),
+        timestamp,
+        span.traceparent(),
+    ) {
+        Err(e) => (AttemptResult::Unreachable, format!("cannot build the delivery: {e}"), None),
+        Ok(header) => {
+            let build = || header.clone();
+            match receiver.send(build, &job.body, g.config.max_response_body_bytes, Idempotency::NotIdempotent).await {
+                Ok(r) if r.header.status.is_success() => {
+                    (AttemptResult::Delivered, String::new(), Some(r.header.status.as_u16()))
                 }
+                Ok(r) => (
+                    AttemptResult::ReceiverError,
+                    format!("receiver answered {}", r.header.status.as_u16()),
+                    Some(r.header.status.as_u16()),
+                ),
+                Err(UpstreamError::Timeout(m)) => (AttemptResult::Timeout, format!("receiver timeout: {m}"), None),
+                Err(e) => (AttemptResult::Unreachable, format!("receiver unreachable: {e}"), None),
             }
-        };
+        }
+    };
     let took = started.elapsed();
     if let Some(r) = record {
         r.metrics.outbox.attempt(result);
@@ -159,6 +166,21 @@ async fn attempt(g: &Generation, job: Job) {
         _ => Settle::Retry { after: schedule[attempts], error: error.clone() },
     };
     let dead = matches!(settle, Settle::Dead { .. });
+    if span.is_recording() {
+        span.set("nxgate.tenant", tenant.to_owned());
+        span.set("nxgate.request_id", c.request_id.clone());
+        span.set("nxgate.webhook_id", c.id.clone());
+        span.set("nxgate.attempt", i64::from(job.attempt));
+        span.set("nxgate.result", result.as_str());
+        span.set("nxgate.dead_letter", dead);
+        if let Some(s) = status {
+            span.set("http.response.status_code", i64::from(s));
+        }
+        if result != AttemptResult::Delivered {
+            span.fail(result.as_str());
+        }
+    }
+    span.end(None);
     tracing::info!(
         target: crate::process::logging::ACCESS_TARGET,
         listener = "callbacks",
@@ -196,6 +218,7 @@ fn delivery_header(
     authority: &str,
     key: Option<&SigningKey>,
     timestamp: u64,
+    traceparent: Option<String>,
 ) -> Result<RequestHeader, String> {
     let c = &job.callback;
     let method = http::Method::from_bytes(c.method.as_bytes()).map_err(|e| e.to_string())?;
@@ -220,6 +243,9 @@ fn delivery_header(
     h.insert_header("webhook-timestamp", timestamp.to_string()).map_err(bad)?;
     if let Some(key) = key {
         h.insert_header("webhook-signature", key.sign(&c.id, timestamp, &job.body)).map_err(bad)?;
+    }
+    if let Some(tp) = traceparent {
+        h.insert_header("traceparent", tp).map_err(bad)?;
     }
     Ok(h)
 }

@@ -32,6 +32,15 @@ pub fn run(path: &Path, mode: &StartMode) -> ExitCode {
         verify = config.verify_mode.as_str(),
         "nxgate starting"
     );
+    // Before the server's runtimes: the exporter's client must not be built inside one.
+    // Held to the end of `run`, so spans still queued are flushed at exit.
+    let _telemetry = match crate::process::telemetry::install(&config.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match server::Gateway::build(config, path, mode) {
         Ok(gateway) => {
             gateway.run();
@@ -218,6 +227,13 @@ pub fn summary(c: &GatewayConfig) -> String {
         _ => "memory (lost on restart)".to_owned(),
     };
     out.push_str(&format!("state: {state}\n"));
+    match &c.telemetry.traces_url {
+        None => out.push_str("traces: off\n"),
+        Some(url) => out.push_str(&format!(
+            "traces: OTLP/HTTP to {url} (service {}, new traces sampled at {})\n",
+            c.telemetry.service_name, c.telemetry.sample_ratio
+        )),
+    }
     let redis_used = c.rate_limit_backend.kind == RateLimitKind::Redis || c.state.kind == StateKind::Redis;
     match c.rate_limit_backend.kind {
         RateLimitKind::Local if redis_used => out.push_str(&format!(
@@ -285,9 +301,10 @@ pub fn summary(c: &GatewayConfig) -> String {
                 DeliveryMode::Queued => {
                     let schedule: Vec<String> = cb.retry_schedule.iter().map(|d| human(*d)).collect();
                     out.push_str(&format!(
-                        "  delivery: queued (stored before NXCloud is answered), at most {} waiting per tenant\n  \
+                        "  delivery: queued (stored before NXCloud is answered), at most {} waiting{}\n  \
                          attempts after: {}; then a dead letter\n  deliveries signed: {}\n",
                         cb.max_queued,
+                        if c.state.kind == StateKind::Redis { " per tenant" } else { "" },
                         schedule.join(", "),
                         if cb.signing_key.is_some() { "yes (webhook-signature)" } else { "no (no signing secret)" }
                     ));

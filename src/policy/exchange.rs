@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use pingora::http::RequestHeader;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nxgate_core::clock::now_unix;
 use nxgate_core::vendor;
@@ -82,6 +82,29 @@ pub struct ExchangeReport {
     pub code_verified: bool,
     /// The answer's `Retry-After`, in seconds form.
     pub retry_after: Option<Duration>,
+    /// When each phase ended, for the trace's child spans: taken only when the caller
+    /// sets this to `Some` (telemetry on), so the request path reads no clock otherwise.
+    pub phases: Option<Phases>,
+}
+
+/// Wall-clock times of a signed exchange's phases (a trace's span times).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Phases {
+    /// Signing started.
+    pub signing: Option<SystemTime>,
+    /// Signed; the request goes out.
+    pub sent: Option<SystemTime>,
+    /// The answer is in (or the exchange failed); verification starts.
+    pub answered: Option<SystemTime>,
+    /// Verified (or refused).
+    pub verified: Option<SystemTime>,
+}
+
+/// Records `now` into one phase, when phases are being taken.
+fn mark(report: &mut ExchangeReport, phase: fn(&mut Phases) -> &mut Option<SystemTime>) {
+    if let Some(p) = report.phases.as_mut() {
+        *phase(p) = Some(SystemTime::now());
+    }
 }
 
 /// Everything one signed exchange needs and nothing more: NXCloud's connection pool and
@@ -120,6 +143,7 @@ pub async fn signed_exchange(
     mode: VerifyMode,
     report: &mut ExchangeReport,
 ) -> Result<UpstreamResponse, GatewayError> {
+    mark(report, |p| &mut p.signing);
     let signed = sign(tenant, request_id, now_unix().as_secs(), body);
     // Built here first so a header that cannot be built is refused before anything is sent;
     // a retry rebuilds it from the same inputs, which therefore cannot fail then.
@@ -138,9 +162,11 @@ pub async fn signed_exchange(
     } else {
         Idempotency::NotIdempotent
     };
+    mark(report, |p| &mut p.sent);
     let sent_at = Instant::now();
     let result = g.upstream.send(header, body, g.max_response_body_bytes, idempotency).await;
     report.upstream_time = Some(sent_at.elapsed());
+    mark(report, |p| &mut p.answered);
     let response = result?;
     report.upstream_status = Some(response.header.status.as_u16());
     // Read before verification so that even a refused answer says what NXCloud claims
@@ -149,6 +175,7 @@ pub async fn signed_exchange(
     report.retry_after = crate::policy::answers::retry_after(&response.header.headers);
 
     let verdict = check_response(g, tenant, &signed, &response, mode);
+    mark(report, |p| &mut p.verified);
     report.verify = match &verdict {
         Ok(outcome) => *outcome,
         Err(GatewayError::BadUpstreamSignature { failure, .. }) => VerifyOutcome::Refused(failure.reason()),

@@ -390,6 +390,11 @@ impl Metrics {
         }
         let redis = RedisFamilies::new(&registry);
         let outbox = OutboxFamilies::new(&registry);
+        // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds and
+        // the rest, read from /proc at each scrape: the dashboard's memory panel.
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
         Metrics {
             outbox,
             registry,

@@ -92,6 +92,7 @@ impl Reloader {
         let callbacks_listen = |c: &config::GatewayConfig| c.callbacks.as_ref().map(|c| c.listen.clone());
         unchanged("callbacks.listen", &callbacks_listen(&current.config), &callbacks_listen(&next))?;
         unchanged("state", &current.config.state, &next.state)?;
+        unchanged("telemetry", &current.config.telemetry, &next.telemetry)?;
         if next.state.kind == config::StateKind::Redis {
             unchanged("redis (the connection of state.kind \"redis\")", &current.config.redis, &next.redis)?;
         }

@@ -209,7 +209,7 @@ impl Embedded {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// See [`super::Outbox::intake`] (`max_queued` per tenant).
+    /// See [`super::Outbox::intake`] (`max_queued` for the whole queue).
     pub async fn intake(
         &self,
         callback: Callback,
@@ -227,7 +227,8 @@ impl Embedded {
                     _ => return Ok(Intake::Duplicate),
                 }
             }
-            if *counts.queued(&callback.uuid) >= max_queued as u64 {
+            // One bound for the whole queue: this store is one process's.
+            if counts.0.values().map(|(queued, _)| queued).sum::<u64>() >= max_queued as u64 {
                 return Ok(Intake::Full);
             }
             txn.open_table(BODIES)?.insert(callback.id.as_str(), &body[..])?;
@@ -595,6 +596,15 @@ mod tests {
         let later = store.take_due(&contract::tenants(), t0 + 5_000, Duration::from_secs(5), 100).await.unwrap();
         assert_eq!(later.len(), 10, "the ten in delivery are due again once their lease ran out");
         assert!(later.iter().all(|j| j.attempt == 2 && j.body.len() < 50));
+    }
+
+    #[tokio::test]
+    async fn max_queued_bounds_the_whole_queue() {
+        let s = Embedded::in_memory();
+        let intake = |uuid, id: &str| s.intake(contract::callback(uuid, id, 1), Bytes::new(), Duration::ZERO, 2);
+        assert_eq!(intake(contract::A, "a").await.unwrap(), Intake::Stored);
+        assert_eq!(intake(contract::B, "b").await.unwrap(), Intake::Stored);
+        assert_eq!(intake(contract::B, "c").await.unwrap(), Intake::Full, "two wait, whichever tenants'");
     }
 
     #[tokio::test]

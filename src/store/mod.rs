@@ -52,6 +52,10 @@ pub struct Callback {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Unix ms when it was accepted.
     pub received_ms: u64,
+    /// The `traceparent` of its intake's span, when traced: each delivery attempt's span
+    /// is its child. (Absent in records written before traces existed.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What intake made of a callback.

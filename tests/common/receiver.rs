@@ -155,3 +155,101 @@ pub fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// The pseudo-header a receiver from `TestReceiver::start_on` adds to each record: the
+/// status it answered the request with (`"200"`, `"500"`), or `"none"` (Silent, Closed: no
+/// answer). No real HTTP/1 header name starts with `:`.
+pub const ANSWERED: &str = ":answered";
+
+impl TestReceiver {
+    /// Like `start`, listening on `addr` (port 0: the kernel picks): for a receiver that
+    /// comes up where the gateway has been failing to connect, or one whose records say
+    /// how each request was answered (`Received::answered`, `delivered`). Retries the bind
+    /// for up to 5 s, in case the port is still held for a moment.
+    pub fn start_on(addr: SocketAddr) -> Self {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) if std::time::Instant::now() >= deadline => panic!("receiver cannot bind {addr}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let r = TestReceiver {
+            addr: listener.local_addr().unwrap(),
+            mode: Arc::new(AtomicU8::new(Mode::Ok as u8)),
+            seen: Arc::default(),
+            connections: Arc::default(),
+        };
+        let me = r.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                me.connections.fetch_add(1, Ordering::SeqCst);
+                let me = me.clone();
+                std::thread::spawn(move || me.serve_recording_answers(stream));
+            }
+        });
+        r
+    }
+
+    /// The requests answered 2xx, in arrival order (receivers from `start_on` only: the
+    /// others do not record their answers).
+    pub fn delivered(&self) -> Vec<Received> {
+        self.seen().into_iter().filter(|r| r.answered().is_some_and(|s| (200..300).contains(&s))).collect()
+    }
+
+    /// `serve`, with the answer decided before the request is recorded and recorded with it
+    /// (as the `ANSWERED` pseudo-header), so a test can tell an attempt the receiver
+    /// accepted from one it refused even while its mode changes.
+    fn serve_recording_answers(&self, mut s: TcpStream) {
+        let mut buf = Vec::new();
+        loop {
+            let Some(mut req) = read_request(&mut s, &mut buf) else { return };
+            let mode = self.mode.load(Ordering::SeqCst);
+            let answered = match mode {
+                0 | 4 => "200",
+                1 => "500",
+                _ => "none",
+            };
+            req.headers.push((ANSWERED.to_owned(), answered.to_owned()));
+            let n = {
+                let mut seen = self.seen.lock().unwrap();
+                seen.push(req);
+                seen.len()
+            };
+            let body = format!(r#"{{"received":{n}}}"#);
+            let answer = |status: &str| {
+                format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-receiver: yes\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let out = match mode {
+                0 => answer("200 OK"),
+                1 => answer("500 Internal Server Error"),
+                2 => {
+                    let mut sink = [0u8; 1024];
+                    while s.read(&mut sink).is_ok_and(|n| n > 0) {}
+                    return;
+                }
+                3 => return,
+                _ => {
+                    std::thread::sleep(Duration::from_millis(600));
+                    answer("200 OK")
+                }
+            };
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Received {
+    /// The status a `start_on` receiver answered this request with; `None` if it gave no
+    /// answer (or is a receiver from `start`, which does not record answers).
+    pub fn answered(&self) -> Option<u16> {
+        self.header(ANSWERED).and_then(|s| s.parse().ok())
+    }
+}

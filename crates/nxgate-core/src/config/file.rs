@@ -58,6 +58,34 @@ pub struct FileConfig {
     /// Durable state: the callback outbox and replay memory.
     #[serde(default)]
     pub state: StateFile,
+    /// Traces over OTLP/HTTP.
+    #[serde(default)]
+    pub telemetry: TelemetryFile,
+}
+
+/// `telemetry:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    /// The OTLP/HTTP collector's base URL (`/v1/traces` is appended); `null` = no traces.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces (not continued from a sampled caller) recorded, 0.0 to 1.0.
+    #[serde(default = "defaults::sample_ratio")]
+    pub sample_ratio: f64,
+    /// The `service.name` resource attribute.
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+}
+
+impl Default for TelemetryFile {
+    fn default() -> Self {
+        TelemetryFile {
+            otlp_endpoint: None,
+            sample_ratio: defaults::sample_ratio(),
+            service_name: defaults::service_name(),
+        }
+    }
 }
 
 /// `state:`.
@@ -582,5 +610,13 @@ pub mod defaults {
     /// `callbacks.max_queued`.
     pub fn max_queued() -> u64 {
         1_000_000
+    }
+    /// `telemetry.sample_ratio`.
+    pub fn sample_ratio() -> f64 {
+        1.0
+    }
+    /// `telemetry.service_name`.
+    pub fn service_name() -> String {
+        "nxgate".to_owned()
     }
 }

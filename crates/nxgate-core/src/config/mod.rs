@@ -117,6 +117,20 @@ pub struct GatewayConfig {
     pub admin_allow_sources: Option<SourceList>,
     /// Where durable state lives (`state:`); only a restart changes it.
     pub state: StateConfig,
+    /// Traces (`telemetry:`); only a restart changes it.
+    pub telemetry: TelemetryConfig,
+}
+
+/// The validated `telemetry:` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Where spans go: the collector's OTLP/HTTP traces URL (`<otlp_endpoint>/v1/traces`);
+    /// `None` = no traces, and no cost.
+    pub traces_url: Option<String>,
+    /// Share of new traces recorded.
+    pub sample_ratio: f64,
+    /// `service.name`.
+    pub service_name: String,
 }
 
 /// The validated `state:` block.
@@ -485,6 +499,7 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
 
     let listen_tls = file.listen_tls.as_ref().and_then(|t| read_tls_identity("listen_tls", t, base, &mut p));
     let state = validate_state(&file, base, &mut p);
+    let telemetry = validate_telemetry(&file.telemetry, &mut p);
     let callbacks = file
         .callbacks
         .as_ref()
@@ -502,6 +517,7 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
     }
     Ok(GatewayConfig {
         state,
+        telemetry,
         listen_tls,
         callbacks,
         max_connections,
@@ -727,6 +743,37 @@ fn validate_state(file: &FileConfig, base: &Path, p: &mut Problems) -> StateConf
         (_, None) => None,
     };
     StateConfig { kind, dir }
+}
+
+/// `telemetry:`: an `http(s)://host[:port][/path]` collector base (no query, no user
+/// info: the URL is printed by `check`), a ratio in [0, 1], a plain service name.
+fn validate_telemetry(t: &file::TelemetryFile, p: &mut Problems) -> TelemetryConfig {
+    let traces_url = t.otlp_endpoint.as_ref().and_then(|url| {
+        let field = "telemetry.otlp_endpoint";
+        let Ok(uri) = url.parse::<http::Uri>() else {
+            p.add(field, format!("{url:?} is not a URL"));
+            return None;
+        };
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            p.add(
+                field,
+                "must be http(s)://host[:port], the collector's OTLP/HTTP address (e.g. http://otel-collector:4318)",
+            );
+            return None;
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) || uri.query().is_some() {
+            p.add(field, "must not contain user info or a query");
+            return None;
+        }
+        Some(format!("{}/v1/traces", url.trim_end_matches('/')))
+    });
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        p.add("telemetry.sample_ratio", "must be between 0.0 and 1.0");
+    }
+    if !is_header_safe(&t.service_name) {
+        p.add("telemetry.service_name", "must be non-empty visible ASCII");
+    }
+    TelemetryConfig { traces_url, sample_ratio: t.sample_ratio, service_name: t.service_name.clone() }
 }
 
 /// Longest delay of one step of `callbacks.retry_schedule_ms`: a week.

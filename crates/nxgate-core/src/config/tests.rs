@@ -192,6 +192,8 @@ fn shipped_example_states_the_defaults() {
     assert_eq!(shipped.listen_allow_sources, minimal.listen_allow_sources);
     assert_eq!(shipped.admin_allow_sources, minimal.admin_allow_sources);
     assert!(shipped.callbacks.is_none() && minimal.callbacks.is_none());
+    assert_eq!(shipped.state, minimal.state);
+    assert_eq!(shipped.telemetry, minimal.telemetry);
     assert_eq!(shipped.tenants[0].callbacks_forward_to, minimal.tenants[0].callbacks_forward_to);
 
     // The commented `callbacks:` block, uncommented, states the defaults of `callbacks: {}`.
@@ -254,6 +256,24 @@ fn callbacks_get_the_documented_defaults() {
     assert_eq!(c.replay_memory_entries, 100_000);
     assert!(c.tls.is_none());
     assert!(load_text(MINIMAL).unwrap().callbacks.is_none(), "no callbacks key, no callback listener");
+}
+
+#[test]
+fn telemetry_is_off_by_default_and_validated() {
+    let c = load_text(MINIMAL).unwrap();
+    assert_eq!(c.telemetry, TelemetryConfig { traces_url: None, sample_ratio: 1.0, service_name: "nxgate".into() });
+    let c = load_text(&format!(
+        "{MINIMAL}telemetry: {{ otlp_endpoint: \"http://collector:4318/\", sample_ratio: 0.25, service_name: edge-1 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.telemetry.traces_url.as_deref(), Some("http://collector:4318/v1/traces"));
+    assert_eq!(c.telemetry.sample_ratio, 0.25);
+    for bad in ["\"collector:4318\"", "\"ftp://c:1\"", "\"http://u:p@c:4318\"", "\"http://c:4318/?x=1\""] {
+        assert_problem(&format!("{MINIMAL}telemetry: {{ otlp_endpoint: {bad} }}\n"), "telemetry.otlp_endpoint");
+    }
+    assert_problem(&format!("{MINIMAL}telemetry: {{ sample_ratio: 1.5 }}\n"), "telemetry.sample_ratio");
+    assert_problem(&format!("{MINIMAL}telemetry: {{ service_name: \"\" }}\n"), "telemetry.service_name");
+    assert_problem(&format!("{MINIMAL}telemetry: {{ endpoint: x }}\n"), "endpoint");
 }
 
 #[test]
