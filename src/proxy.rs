@@ -10,20 +10,23 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 
 use crate::net::body;
 use crate::policy::admission::{self, InFlightSlot, RateDecision, RateState};
 use crate::policy::answers;
 use crate::policy::exchange::{self, ExchangeReport, Outbound, Phases};
+use crate::process::metrics::KeyOutcome;
 use crate::process::telemetry::Trace;
-use crate::shell::{self, Flow, Reply, Request};
+use crate::shell::{self, Flow, Reply, Request, Settling};
 use crate::state::{Generation, Live, Snapshot, TenantRecord};
+use crate::store::{self, Answer, KeyClaim};
 use nxgate_core::clock::now_unix_ms;
 use nxgate_core::config::{GatewayConfig, RequestCompression};
 use nxgate_core::errors::{GatewayError, Refusal};
 use nxgate_core::gzip::{self, GzipError};
+use nxgate_core::idempotency;
 use opentelemetry::trace::SpanKind;
 
 /// The proxy's state for one request, read by its metrics and access event.
@@ -40,7 +43,22 @@ pub struct ProxyCtx {
     rate_state: Option<RateState>,
     /// Its trace's root span (empty with telemetry off); ends when the request does.
     trace: Trace,
+    /// What its `Idempotency-Key` found, if it sent one.
+    key_outcome: Option<KeyOutcome>,
+    /// The key this request holds (it was new): its answer is recorded, or the key let
+    /// go, before the caller gets the answer.
+    held: Option<HeldKey>,
 }
+
+/// An `Idempotency-Key` claimed by the request in flight.
+struct HeldKey {
+    key: String,
+    token: String,
+}
+
+/// How much longer than `upstream.total_timeout_ms` a key stays claimed by a request
+/// whose process died (the body read and admission come before the exchange).
+pub const KEY_CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Decrements a gauge when dropped.
 struct GaugeGuard(prometheus::IntGauge);
@@ -74,6 +92,8 @@ impl Flow for Proxy {
             _slot: None,
             rate_state: None,
             trace: Trace::none(),
+            key_outcome: None,
+            held: None,
         }
     }
 
@@ -98,6 +118,11 @@ impl Flow for Proxy {
             h.insert_header("RateLimit-Policy", admission::policy_header(&state.limit)).expect("ascii");
             h.insert_header("RateLimit", admission::state_header(state)).expect("ascii");
         }
+    }
+
+    fn settle<'a>(&'a self, ctx: &'a mut ProxyCtx, reply: &'a Reply) -> Option<Settling<'a>> {
+        let held = ctx.held.take()?;
+        Some(Box::pin(settle_key(ctx, held, reply)))
     }
 
     fn record(&self, req: &Request, ctx: &ProxyCtx) {
@@ -142,6 +167,7 @@ impl Flow for Proxy {
             verify = ctx.exchange.verify.as_str(),
             verify_failure = ctx.exchange.verify.failure_reason(),
             error_kind = req.outcome(),
+            idempotency = ctx.key_outcome.map(KeyOutcome::as_str),
             trace_id = ctx.trace.trace_id(),
             "request"
         );
@@ -168,10 +194,48 @@ fn annotate(trace: &Trace, header: &RequestHeader, req: &Request, ctx: &ProxyCtx
     if let Some(reason) = ctx.exchange.verify.failure_reason() {
         trace.set("nxgate.verify_failure", reason);
     }
+    if let Some(outcome) = ctx.key_outcome {
+        trace.set("nxgate.idempotency", outcome.as_str());
+    }
     if let Some(kind) = req.outcome() {
         trace.set("error.type", kind);
         trace.fail(kind);
     }
+}
+
+/// Before a keyed request's answer goes out: if the request may have reached NXCloud (its
+/// header was written), the answer is recorded for the key's retries; otherwise the key
+/// is let go, so a retry proceeds. A store that cannot record leaves the claim to expire:
+/// until then retries get 409, never a second call.
+async fn settle_key(ctx: &ProxyCtx, held: HeldKey, reply: &Reply) {
+    let Some(record) = ctx.at.record() else { return };
+    let (outbox, uuid) = (&ctx.at.g.outbox, record.tenant.uuid.as_str());
+    let result = if ctx.exchange.written {
+        let answer = Answer {
+            status: reply.header.status.as_u16(),
+            headers: reply.header.headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect(),
+            body: reply.body.clone(),
+        };
+        let retention = ctx.at.g.config.idempotency.retention;
+        outbox.complete_key(uuid, &held.key, &held.token, &answer, retention, store::now_ms()).await
+    } else {
+        outbox.release_key(uuid, &held.key, &held.token).await
+    };
+    if let Err(e) = result {
+        tracing::warn!(tenant = record.tenant.name.as_str(), error = %e, "cannot settle an Idempotency-Key; its retries get 409 until its claim expires");
+    }
+}
+
+/// A recorded answer, replayed: the same status, headers and body bytes, marked.
+fn replay(answer: Answer) -> Reply {
+    let mut h = ResponseHeader::build(answer.status, Some(answer.headers.len() + 1)).expect("a recorded status");
+    for (name, value) in answer.headers {
+        if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_bytes(&value)) {
+            let _ = h.append_header(n, v);
+        }
+    }
+    h.insert_header(idempotency::REPLAYED_HEADER, "true").expect("static");
+    Reply { header: h, body: answer.body }
 }
 
 /// The exchange's three child spans (sign, upstream exchange, verify), from the times
@@ -200,8 +264,24 @@ async fn handle(session: &mut ServerSession, req: &mut Request, ctx: &mut ProxyC
     let record = g.record(position);
     ctx._gauge = Some(GaugeGuard::new(&record.metrics.in_flight));
     let target = body::allowed_target(session.req_header(), &g.config.allow_prefixes)?;
+    let key = idempotency::key(&session.req_header().headers)?.map(str::to_owned);
+    if key.is_none() && g.config.idempotency.required_paths.iter().any(|p| p == session.req_header().uri.path()) {
+        return Err(GatewayError::IdempotencyKeyMissing);
+    }
     let limit = g.config.max_request_body_bytes;
     let declared = body::check_framing(session, limit)?;
+    // A keyed request is read first: its fingerprint needs the body, and a replay must
+    // spend no rate-limit token.
+    let mut read = None;
+    if let Some(key) = key {
+        let body = body::read_body(session, limit, declared).await?;
+        req.bytes_in = body.len();
+        let (body, decoded) = decode_body(&g.config, session.req_header(), body)?;
+        if let Some(answer) = claim_key(&g, record, ctx, key, session.req_header(), &target, &body).await? {
+            return Ok(replay(answer));
+        }
+        read = Some((body, decoded));
+    }
     let step = ctx.trace.child("admit", SpanKind::Internal, None);
     let admitted = match admit(&g, record, ctx).await {
         Ok(()) => answers::admit(g.config.upstream.busy_backoff.as_ref(), &record.answers, now_unix_ms()),
@@ -214,14 +294,19 @@ async fn handle(session: &mut ServerSession, req: &mut Request, ctx: &mut ProxyC
     if let Err(refused) = admitted {
         // A limited caller retries: read its body (bounded as always) so its keep-alive
         // connection survives the 429 instead of being closed with an unread body.
-        if !body::expects_continue(session) {
+        if read.is_none() && !body::expects_continue(session) {
             let _ = body::read_body(session, limit, declared).await;
         }
         return Err(refused);
     }
-    let body = body::read_body(session, limit, declared).await?;
-    req.bytes_in = body.len();
-    let (body, decoded) = decode_body(&g.config, session.req_header(), body)?;
+    let (body, decoded) = match read {
+        Some(read) => read,
+        None => {
+            let body = body::read_body(session, limit, declared).await?;
+            req.bytes_in = body.len();
+            decode_body(&g.config, session.req_header(), body)?
+        }
+    };
 
     let header = session.req_header();
     let out = Outbound { method: &header.method, target: &target, headers: &header.headers, decoded };
@@ -240,6 +325,38 @@ async fn handle(session: &mut ServerSession, req: &mut Request, ctx: &mut ProxyC
     let response = result?;
     let header = shell::reframe(response.header, &req.id, response.body.len());
     Ok(Reply { header, body: response.body })
+}
+
+/// Step 3b, for a request with an `Idempotency-Key`: claims the key for this request, or
+/// answers from what it holds (the first answer to replay, or a refusal).
+async fn claim_key(
+    g: &Generation,
+    record: &TenantRecord,
+    ctx: &mut ProxyCtx,
+    key: String,
+    header: &RequestHeader,
+    target: &str,
+    body: &Bytes,
+) -> Result<Option<Answer>, GatewayError> {
+    let fingerprint = idempotency::fingerprint(header.method.as_str(), target, body);
+    let in_flight = g.config.upstream.total_timeout + KEY_CLAIM_MARGIN;
+    let claim = g.outbox.claim_key(&record.tenant.uuid, &key, &fingerprint, in_flight, store::now_ms()).await;
+    let claim = claim.map_err(|e| {
+        tracing::error!(tenant = record.tenant.name.as_str(), error = %e, "cannot claim an Idempotency-Key");
+        GatewayError::ReplayStoreUnavailable("the state store cannot answer")
+    })?;
+    let (outcome, result) = match claim {
+        KeyClaim::New(token) => {
+            ctx.held = Some(HeldKey { key, token });
+            (KeyOutcome::New, Ok(None))
+        }
+        KeyClaim::Replay(answer) => (KeyOutcome::Replayed, Ok(Some(answer))),
+        KeyClaim::InProgress => (KeyOutcome::InProgress, Err(GatewayError::IdempotencyKeyInProgress)),
+        KeyClaim::Reused => (KeyOutcome::Reused, Err(GatewayError::IdempotencyKeyReused)),
+    };
+    ctx.key_outcome = Some(outcome);
+    record.metrics.key(outcome);
+    result
 }
 
 /// Step 1: the position of the tenant this caller is entitled to.

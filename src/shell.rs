@@ -110,6 +110,13 @@ pub trait Flow: Send + Sync + 'static {
     /// Headers this flow adds to every answer, refusals included.
     fn decorate(&self, _ctx: &Self::Ctx, _reply: &mut Reply) {}
 
+    /// Work that must be done before the answer is written (an `Idempotency-Key`'s
+    /// answer recorded), if this request has any: `None` for most, which then pay no
+    /// boxed future.
+    fn settle<'a>(&'a self, _ctx: &'a mut Self::Ctx, _reply: &'a Reply) -> Option<Settling<'a>> {
+        None
+    }
+
     /// Counts the finished request (before its answer is written).
     fn record(&self, req: &Request, ctx: &Self::Ctx);
 
@@ -117,6 +124,9 @@ pub trait Flow: Send + Sync + 'static {
     /// client key, query string or body.
     fn log(&self, session: &ServerSession, req: &Request, ctx: &Self::Ctx);
 }
+
+/// What [`Flow::settle`] returns: work awaited before the answer is written.
+pub type Settling<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// A Pingora `HttpServerApp` running `F` for every request.
 pub struct Shell<F> {
@@ -164,6 +174,9 @@ impl<F: Flow> Shell<F> {
             }
         };
         self.flow.decorate(&ctx, &mut reply);
+        if let Some(settling) = self.flow.settle(&mut ctx, &reply) {
+            settling.await;
+        }
         req.status = reply.header.status.as_u16();
         self.flow.record(&req, &ctx);
         let head = session.req_header().method == http::Method::HEAD;

@@ -123,7 +123,7 @@ fn a_fresh_gateways_first_scrape_has_every_documented_family_with_every_known_se
     let text = String::from_utf8(gw.admin_get("/metrics").unwrap().body).unwrap();
     let series = scrape(&gw);
     let families = readme_metric_families();
-    assert_eq!(families.len(), 26, "the README's table changed: {families:?}");
+    assert_eq!(families.len(), 27, "the README's table changed: {families:?}");
     for (family, values) in &families {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} is absent from the first scrape:\n{text}");
         for v in values {
@@ -167,6 +167,9 @@ fn a_fresh_gateways_first_scrape_has_every_documented_family_with_every_known_se
         expected.push(format!(r#"nxgate_callbacks_total{{outcome="queued",tenant="{tenant}"}}"#));
         for gauge in ["queue_depth", "queue_oldest_seconds", "dead_letters"] {
             expected.push(format!(r#"nxgate_callback_{gauge}{{tenant="{tenant}"}}"#));
+        }
+        for outcome in ["new", "replayed", "in_progress", "reused"] {
+            expected.push(format!(r#"nxgate_idempotency_total{{outcome="{outcome}",tenant="{tenant}"}}"#));
         }
         for result in ["delivered", "receiver_error", "timeout", "unreachable"] {
             expected.push(format!(r#"nxgate_callback_delivery_attempts_total{{result="{result}",tenant="{tenant}"}}"#));

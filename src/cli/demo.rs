@@ -105,7 +105,8 @@ fn demo() -> Result<(), String> {
 
     let result = show(gw_addr)
         .and_then(|()| campaign(gw_addr, bound.callbacks[0], emu_addr, &receiver))
-        .and_then(|()| outage(gw_addr, bound.callbacks[0], emu_addr, &receiver));
+        .and_then(|()| outage(gw_addr, bound.callbacks[0], emu_addr, &receiver))
+        .and_then(|()| retry_safely(gw_addr, emu_addr));
     lifecycle.stop_now();
     let _ = gateway.join();
     result
@@ -213,6 +214,45 @@ fn outage(gw: SocketAddr, callbacks: SocketAddr, emu: SocketAddr, receiver: &Rec
     check(after.len() == 8, "expected every one of the 8 callbacks after the outage")?;
     check(after.iter().all(|r| r.signed), "a delivery's webhook-signature did not verify")?;
     println!("   all 8 delivered after the outage, each signed");
+    Ok(())
+}
+
+/// Step 6: a caller's retry with the same `Idempotency-Key` gets the first answer, and
+/// NXCloud sees the call once.
+fn retry_safely(gw: SocketAddr, emu: SocketAddr) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    println!("\n6. A caller times out and retries createAndCall with the same Idempotency-Key:");
+    let body = serde_json::json!({
+        "productID": "callbot", "userTaskID": "demo-retry", "sceneID": "scene-1",
+        "taskCreateSetting": {"taskName": "retry", "maxCall": 1, "maxRingTime": 30},
+        "callInfoList": {"callList": [{"orderID": "demo-retry-o0", "userPhone": "8613800000999"}]}
+    })
+    .to_string();
+    let creates = || -> Result<u64, String> {
+        let r = client::request(emu, "GET", "/_emulator/requests", &[], b"").map_err(io)?.try_json()?;
+        Ok(r["by_path"]["/callcentre/api/v3/createAndCall"].as_u64().unwrap_or(0))
+    };
+    let before = creates()?;
+    let headers = [("content-type", "application/json"), ("idempotency-key", "demo-retry-7f3a")];
+    let path = "/callcentre/api/v3/createAndCall";
+    let first = client::request(gw, "POST", path, &headers, body.as_bytes()).map_err(io)?;
+    let again = client::request(gw, "POST", path, &headers, body.as_bytes()).map_err(io)?;
+    for (n, r) in [("first", &first), ("retry", &again)] {
+        println!(
+            "   {n}: HTTP {}  x-request-id: {}  idempotent-replayed: {}",
+            r.status,
+            r.header("x-request-id").unwrap_or("-"),
+            r.header("idempotent-replayed").unwrap_or("-")
+        );
+    }
+    check(first.status == 200 && again.status == 200, "createAndCall was not answered 200")?;
+    check(
+        again.header("idempotent-replayed") == Some("true") && again.body == first.body,
+        "the retry was not replayed",
+    )?;
+    let calls = creates()? - before;
+    println!("   NXCloud received the task {calls} time(s); the retry got the first answer, byte for byte");
+    check(calls == 1, "NXCloud received the retried createAndCall more than once")?;
     Ok(())
 }
 

@@ -149,8 +149,22 @@ impl Upstream {
         max_body: usize,
         idempotency: Idempotency,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_tracked(header, body, max_body, idempotency, &mut false).await
+    }
+
+    /// [`Self::send`], also telling through `written` whether a request header was ever
+    /// written whole to a connection (so the upstream may have the request), whatever the
+    /// outcome, a total timeout included.
+    pub async fn send_tracked(
+        &self,
+        header: impl FnMut() -> RequestHeader,
+        body: &Bytes,
+        max_body: usize,
+        idempotency: Idempotency,
+        written: &mut bool,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let total = self.cfg.total_timeout;
-        match tokio::time::timeout(total, self.send_with_retry(header, body, max_body, idempotency)).await {
+        match tokio::time::timeout(total, self.send_with_retry(header, body, max_body, idempotency, written)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout(format!("no complete response within {} ms", total.as_millis()))),
         }
@@ -162,6 +176,7 @@ impl Upstream {
         body: &Bytes,
         max_body: usize,
         idempotency: Idempotency,
+        written: &mut bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let cached = self.peer().await?;
         let peer = &cached.1;
@@ -180,7 +195,7 @@ impl Upstream {
             let mut session = HttpSession::H1(h1);
             session.set_read_timeout(Some(self.cfg.read_timeout));
             session.set_write_timeout(Some(self.cfg.read_timeout));
-            let failure = match exchange(&mut session, header(), body, max_body).await {
+            let failure = match exchange(&mut session, header(), body, max_body, written).await {
                 Ok(response) => {
                     if let HttpSession::H1(h1) = session {
                         self.connector.release_http_session(h1, peer, peer.idle_timeout()).await;
@@ -285,6 +300,7 @@ async fn exchange(
     header: RequestHeader,
     body: &Bytes,
     max_body: usize,
+    written: &mut bool,
 ) -> Result<UpstreamResponse, Failure> {
     let fail = |stage| move |e: Box<Error>| Failure { stage, error: classify(stage, &e) };
     let head = header.method == http::Method::HEAD;
@@ -298,6 +314,7 @@ async fn exchange(
         // Header and body leave as one segment: the server is woken once, not twice.
         let _cork = Cork::new(s);
         s.write_request_header(Box::new(header)).await.map_err(fail(AttemptStage::BeforeWrite))?;
+        *written = true;
         if !body.is_empty() {
             s.write_request_body(body.clone(), true).await.map_err(fail(AttemptStage::Sending))?;
         }

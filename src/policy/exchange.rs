@@ -82,6 +82,9 @@ pub struct ExchangeReport {
     pub code_verified: bool,
     /// The answer's `Retry-After`, in seconds form.
     pub retry_after: Option<Duration>,
+    /// Whether the request header was ever written whole to NXCloud: from then on the
+    /// request may have reached it (an `Idempotency-Key`'s answer is recorded).
+    pub written: bool,
     /// When each phase ended, for the trace's child spans: taken only when the caller
     /// sets this to `Some` (telemetry on), so the request path reads no clock otherwise.
     pub phases: Option<Phases>,
@@ -164,7 +167,8 @@ pub async fn signed_exchange(
     };
     mark(report, |p| &mut p.sent);
     let sent_at = Instant::now();
-    let result = g.upstream.send(header, body, g.max_response_body_bytes, idempotency).await;
+    let result =
+        g.upstream.send_tracked(header, body, g.max_response_body_bytes, idempotency, &mut report.written).await;
     report.upstream_time = Some(sent_at.elapsed());
     mark(report, |p| &mut p.answered);
     let response = result?;

@@ -98,6 +98,8 @@ pub struct Metrics {
     pub edge: EdgeMetrics,
     /// The callback outbox (queued delivery).
     pub outbox: OutboxFamilies,
+    /// `nxgate_idempotency_total{tenant,outcome}`.
+    pub idempotency: IntCounterVec,
 }
 
 /// How one delivery attempt of the outbox ended: the `result` of
@@ -126,6 +128,35 @@ impl AttemptResult {
             AttemptResult::ReceiverError => "receiver_error",
             AttemptResult::Timeout => "timeout",
             AttemptResult::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// What an `Idempotency-Key` found: the `outcome` of `nxgate_idempotency_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOutcome {
+    /// First use: the request proceeds.
+    New,
+    /// The first request's answer, replayed.
+    Replayed,
+    /// The first request is still in flight (409).
+    InProgress,
+    /// Used for another request (422).
+    Reused,
+}
+
+impl KeyOutcome {
+    /// Every outcome, in the order of [`TenantMetrics`]' counters.
+    pub const ALL: [KeyOutcome; 4] =
+        [KeyOutcome::New, KeyOutcome::Replayed, KeyOutcome::InProgress, KeyOutcome::Reused];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOutcome::New => "new",
+            KeyOutcome::Replayed => "replayed",
+            KeyOutcome::InProgress => "in_progress",
+            KeyOutcome::Reused => "reused",
         }
     }
 }
@@ -390,6 +421,11 @@ impl Metrics {
         }
         let redis = RedisFamilies::new(&registry);
         let outbox = OutboxFamilies::new(&registry);
+        let idempotency = counter(
+            "nxgate_idempotency_total",
+            "Requests with an Idempotency-Key, by tenant and outcome (new, replayed, in_progress, reused).",
+            &["tenant", "outcome"],
+        );
         // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds and
         // the rest, read from /proc at each scrape: the dashboard's memory panel.
         registry
@@ -397,6 +433,7 @@ impl Metrics {
             .expect("unique metric");
         Metrics {
             outbox,
+            idempotency,
             registry,
             requests,
             request_duration,
@@ -459,6 +496,8 @@ pub struct TenantMetrics {
     pub callbacks: CallbackSeries,
     /// Its outbox's series.
     pub outbox: OutboxSeries,
+    /// In `KeyOutcome::ALL` order.
+    idempotency: [IntCounter; 4],
 }
 
 /// The callback series of one tenant, or of `-` (callbacks that named no tenant).
@@ -501,6 +540,11 @@ impl TenantMetrics {
         }
     }
 
+    /// Counts what an `Idempotency-Key` found.
+    pub fn key(&self, outcome: KeyOutcome) {
+        self.idempotency[outcome as usize].inc();
+    }
+
     /// Counts an admission refusal.
     pub fn refusal(&self, refusal: Refusal) {
         self.refusals[refusal as usize].inc();
@@ -534,6 +578,7 @@ impl Metrics {
                 dead: self.outbox.dead.with_label_values(&[name]),
                 attempts: AttemptResult::ALL.map(|r| self.outbox.attempts.with_label_values(&[name, r.as_str()])),
             },
+            idempotency: KeyOutcome::ALL.map(|o| self.idempotency.with_label_values(&[name, o.as_str()])),
         }
     }
 

@@ -131,8 +131,39 @@ pub async fn old_entries_are_purged(o: &Outbox) {
     assert!(o.dead_letters(&tenants()).await.unwrap().is_empty());
 }
 
+pub fn answer() -> Answer {
+    Answer {
+        status: 502,
+        headers: vec![("x-request-id".to_owned(), b"rid-1".to_vec()), ("x-bin".to_owned(), vec![0x80, 0x81])],
+        body: Bytes::from_static(b"{\"code\":50201,\"bytes\":\"\xff\"}"),
+    }
+}
+
+/// A key is claimed once, answered once, replayed byte for byte, refused for another
+/// fingerprint, per tenant; a released key is new again; a holder whose claim was taken
+/// over cannot record. (Expiry by time is each store's own test: Redis keeps its own clock.)
+pub async fn keys_are_claimed_replayed_and_released(o: &Outbox) {
+    let long = Duration::from_secs(60);
+    let KeyClaim::New(t) = o.claim_key(A, "k1", "fp1", long, T0).await.unwrap() else { panic!("new") };
+    assert_eq!(o.claim_key(A, "k1", "fp1", long, T0).await.unwrap(), KeyClaim::InProgress);
+    assert_eq!(o.claim_key(A, "k1", "fp2", long, T0).await.unwrap(), KeyClaim::Reused);
+    assert!(matches!(o.claim_key(B, "k1", "fp2", long, T0).await.unwrap(), KeyClaim::New(_)), "keys are per tenant");
+    o.complete_key(A, "k1", "not-the-holder", &answer(), long, T0).await.unwrap();
+    assert_eq!(o.claim_key(A, "k1", "fp1", long, T0).await.unwrap(), KeyClaim::InProgress, "only the holder records");
+    o.complete_key(A, "k1", &t, &answer(), long, T0 + 1).await.unwrap();
+    assert_eq!(o.claim_key(A, "k1", "fp1", long, T0 + 2).await.unwrap(), KeyClaim::Replay(answer()));
+    assert_eq!(o.claim_key(A, "k1", "fp9", long, T0 + 2).await.unwrap(), KeyClaim::Reused);
+
+    let KeyClaim::New(t2) = o.claim_key(A, "k2", "fp", long, T0).await.unwrap() else { panic!("new") };
+    o.release_key(A, "k2", "not-the-holder").await.unwrap();
+    assert_eq!(o.claim_key(A, "k2", "fp", long, T0).await.unwrap(), KeyClaim::InProgress);
+    o.release_key(A, "k2", &t2).await.unwrap();
+    assert!(matches!(o.claim_key(A, "k2", "fp", long, T0).await.unwrap(), KeyClaim::New(_)), "released: new again");
+}
+
 /// Every contract check, each on a fresh store from `fresh`.
 pub async fn all<F: std::future::Future<Output = Outbox>>(fresh: impl Fn() -> F) {
+    keys_are_claimed_replayed_and_released(&fresh().await).await;
     intake_dedupes_and_bounds(&fresh().await).await;
     leases_expire_and_stale_settlements_are_ignored(&fresh().await).await;
     dead_letters_are_listed_and_redriven(&fresh().await).await;

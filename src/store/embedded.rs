@@ -12,8 +12,9 @@
 //! Tables (keys sort, so each index is a range scan): `callbacks` (id → record),
 //! `bodies` (id → exact body bytes, while queued or dead), `due` ((due ms, id), queued
 //! only), `waiting` ((uuid, accepted ms, id), queued only), `dead` ((uuid, since ms, id)),
-//! `expiry` ((until ms, id), delivered ids) and `replay` (direct delivery: key → (until
-//! ms, state)).
+//! `expiry` ((until ms, id), delivered ids), `replay` (direct delivery: key → (until
+//! ms, state)) and `idempotency` / `idempotency_bodies` (tenant uuid + `Idempotency-Key`
+//! → fingerprint, expiry, holder or recorded answer; the answer's body).
 
 use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{Callback, DeadLetter, Depth, Intake, Job, Settle, StoreError, DEAD_LETTER_KEEP};
+use super::{Answer, Callback, DeadLetter, Depth, Intake, Job, KeyClaim, Settle, StoreError, DEAD_LETTER_KEEP};
 
 const CALLBACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("callbacks");
 const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");
@@ -31,6 +32,8 @@ const WAITING: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("wa
 const DEAD: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("dead");
 const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
 const REPLAY: TableDefinition<&str, (u64, &str)> = TableDefinition::new("replay");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const KEY_BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_bodies");
 
 /// The state file's name under `state.dir`.
 pub const FILE_NAME: &str = "nxgate-state.redb";
@@ -55,6 +58,37 @@ struct Record {
     attempts: u32,
     last_error: String,
     stage: Stage,
+}
+
+/// One `Idempotency-Key`: held by a request in flight (`token`) or answered (`answer`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct KeyRecord {
+    fingerprint: String,
+    until_ms: u64,
+    token: Option<String>,
+    answer: Option<Answer>,
+}
+
+/// The table key of tenant `uuid`'s `key` (a uuid holds no newline).
+fn scoped(uuid: &str, key: &str) -> String {
+    format!("{uuid}\n{key}")
+}
+
+fn read_key(txn: &WriteTransaction, k: &str) -> Result<Option<KeyRecord>, redb::Error> {
+    let table = txn.open_table(KEYS)?;
+    let found = table.get(k)?;
+    found
+        .map(|v| {
+            serde_json::from_slice(v.value())
+                .map_err(|e| redb::Error::Corrupted(format!("an idempotency record does not parse: {e}")))
+        })
+        .transpose()
+}
+
+fn write_key(txn: &WriteTransaction, k: &str, r: &KeyRecord) -> Result<(), redb::Error> {
+    let json = serde_json::to_vec(r).expect("a key record serializes");
+    txn.open_table(KEYS)?.insert(k, json.as_slice())?;
+    Ok(())
 }
 
 /// Queued and dead callbacks per tenant uuid, kept by the writer thread (counting the
@@ -403,6 +437,17 @@ impl Embedded {
                 forget(txn, &id)?;
             }
             txn.open_table(REPLAY)?.retain(|_, (until, _)| until > now_ms)?;
+            let mut gone = Vec::new();
+            txn.open_table(KEYS)?.retain(|k, v| {
+                let live = serde_json::from_slice::<KeyRecord>(v).is_ok_and(|r| r.until_ms > now_ms);
+                if !live {
+                    gone.push(k.to_owned());
+                }
+                live
+            })?;
+            for k in gone {
+                txn.open_table(KEY_BODIES)?.remove(k.as_str())?;
+            }
             let cutoff = now_ms.saturating_sub(DEAD_LETTER_KEEP.as_millis() as u64);
             for (id, since_ms) in dead_ids(txn, &uuids, cutoff)? {
                 let Some(r) = read_record(txn, &id)? else { continue };
@@ -420,6 +465,73 @@ impl Embedded {
                 out.insert(uuid.clone(), Depth { queued, oldest_received_ms, dead });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// See [`super::Outbox::claim_key`].
+    pub async fn claim_key(
+        &self,
+        uuid: &str,
+        key: &str,
+        fingerprint: &str,
+        in_flight: Duration,
+        now_ms: u64,
+    ) -> Result<KeyClaim, StoreError> {
+        let (k, fingerprint) = (scoped(uuid, key), fingerprint.to_owned());
+        self.run(move |txn, _| {
+            if let Some(r) = read_key(txn, &k)?.filter(|r| r.until_ms > now_ms) {
+                return Ok(match r {
+                    r if r.fingerprint != fingerprint => KeyClaim::Reused,
+                    KeyRecord { answer: Some(mut answer), .. } => {
+                        let body = txn.open_table(KEY_BODIES)?.get(k.as_str())?.map(|b| b.value().to_vec());
+                        answer.body = Bytes::from(body.unwrap_or_default());
+                        KeyClaim::Replay(answer)
+                    }
+                    _ => KeyClaim::InProgress,
+                });
+            }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let until_ms = now_ms + in_flight.as_millis() as u64;
+            write_key(txn, &k, &KeyRecord { fingerprint, until_ms, token: Some(token.clone()), answer: None })?;
+            Ok(KeyClaim::New(token))
+        })
+        .await
+    }
+
+    /// See [`super::Outbox::complete_key`].
+    pub async fn complete_key(
+        &self,
+        uuid: &str,
+        key: &str,
+        token: &str,
+        answer: &Answer,
+        retention: Duration,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (k, token, answer) = (scoped(uuid, key), token.to_owned(), answer.clone());
+        self.run(move |txn, _| {
+            let Some(mut r) = read_key(txn, &k)? else { return Ok(()) };
+            if r.token.as_deref() != Some(token.as_str()) {
+                return Ok(()); // its claim expired and another request holds the key now
+            }
+            txn.open_table(KEY_BODIES)?.insert(k.as_str(), &answer.body[..])?;
+            r.until_ms = now_ms + retention.as_millis() as u64;
+            r.token = None;
+            r.answer = Some(answer);
+            write_key(txn, &k, &r)
+        })
+        .await
+    }
+
+    /// See [`super::Outbox::release_key`].
+    pub async fn release_key(&self, uuid: &str, key: &str, token: &str) -> Result<(), StoreError> {
+        let (k, token) = (scoped(uuid, key), token.to_owned());
+        self.run(move |txn, _| {
+            if read_key(txn, &k)?.is_some_and(|r| r.token.as_deref() == Some(token.as_str())) {
+                txn.open_table(KEYS)?.remove(k.as_str())?;
+            }
+            Ok(())
         })
         .await
     }
@@ -502,6 +614,8 @@ fn count(db: &Database) -> Result<Counts, redb::Error> {
         txn.open_table(DUE)?;
         txn.open_table(EXPIRY)?;
         txn.open_table(REPLAY)?;
+        txn.open_table(KEYS)?;
+        txn.open_table(KEY_BODIES)?;
     }
     txn.commit()?;
     Ok(counts)
@@ -596,6 +710,30 @@ mod tests {
         let later = store.take_due(&contract::tenants(), t0 + 5_000, Duration::from_secs(5), 100).await.unwrap();
         assert_eq!(later.len(), 10, "the ten in delivery are due again once their lease ran out");
         assert!(later.iter().all(|j| j.attempt == 2 && j.body.len() < 50));
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_expire_when_their_claim_or_retention_runs_out() {
+        let s = Embedded::in_memory();
+        let (t0, ttl) = (1_800_000_000_000, Duration::from_secs(10));
+        let KeyClaim::New(t) = s.claim_key("u", "k", "fp", ttl, t0).await.unwrap() else { panic!() };
+        assert_eq!(s.claim_key("u", "k", "fp", ttl, t0 + 9_999).await.unwrap(), KeyClaim::InProgress);
+        let KeyClaim::New(t2) = s.claim_key("u", "k", "fp", ttl, t0 + 10_000).await.unwrap() else {
+            panic!("a holder that died frees the key once its claim expires")
+        };
+        s.complete_key("u", "k", &t, &contract::answer(), ttl, t0 + 10_001).await.unwrap();
+        assert_eq!(
+            s.claim_key("u", "k", "fp", ttl, t0 + 10_002).await.unwrap(),
+            KeyClaim::InProgress,
+            "the old holder lost it"
+        );
+        s.complete_key("u", "k", &t2, &contract::answer(), Duration::from_secs(2), t0 + 10_003).await.unwrap();
+        assert_eq!(s.claim_key("u", "k", "fp", ttl, t0 + 12_002).await.unwrap(), KeyClaim::Replay(contract::answer()));
+        s.depth(&[], t0 + 12_004).await.unwrap();
+        assert!(
+            matches!(s.claim_key("u", "k", "fp", ttl, t0 + 12_004).await.unwrap(), KeyClaim::New(_)),
+            "retention over"
+        );
     }
 
     #[tokio::test]

@@ -126,6 +126,31 @@ pub struct Depth {
     pub dead: u64,
 }
 
+/// An answer recorded for an `Idempotency-Key`: what the caller got, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Answer {
+    /// Its status.
+    pub status: u16,
+    /// Its headers, in order (`x-request-id` among them).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Its body.
+    #[serde(skip)]
+    pub body: Bytes,
+}
+
+/// What claiming a key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// Not seen (or expired): this request now holds it, under this token.
+    New(String),
+    /// Its first request is still in flight.
+    InProgress,
+    /// It was used for a request with another fingerprint.
+    Reused,
+    /// Its first request's answer.
+    Replay(Answer),
+}
+
 /// The store cannot answer (Redis down, a disk error): intake refuses with 503 rather
 /// than accept what it cannot keep.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -230,6 +255,37 @@ impl Outbox {
             self.wake.notify_one();
         }
         Ok(n)
+    }
+
+    /// Claims the `Idempotency-Key` `key` of tenant `uuid` for a request with
+    /// `fingerprint`, held for `in_flight` unless completed or released first.
+    pub async fn claim_key(
+        &self,
+        uuid: &str,
+        key: &str,
+        fingerprint: &str,
+        in_flight: Duration,
+        now_ms: u64,
+    ) -> Result<KeyClaim, StoreError> {
+        dispatch!(self.claim_key(uuid, key, fingerprint, in_flight, now_ms))
+    }
+
+    /// Records the answer of the request holding `key` under `token`, for `retention`.
+    pub async fn complete_key(
+        &self,
+        uuid: &str,
+        key: &str,
+        token: &str,
+        answer: &Answer,
+        retention: Duration,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.complete_key(uuid, key, token, answer, retention, now_ms))
+    }
+
+    /// Lets `key` go (its request never reached NXCloud): a retry proceeds.
+    pub async fn release_key(&self, uuid: &str, key: &str, token: &str) -> Result<(), StoreError> {
+        dispatch!(self.release_key(uuid, key, token))
     }
 
     /// Each tenant's depth (by uuid); forgets delivered ids past their window and dead

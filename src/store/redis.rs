@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Callback, DeadLetter, Depth, Intake, Job, Settle, StoreError, DEAD_LETTER_KEEP};
+use super::{Answer, Callback, DeadLetter, Depth, Intake, Job, KeyClaim, Settle, StoreError, DEAD_LETTER_KEEP};
 use crate::net::redis::{RedisConnection, RedisLink};
 
 /// Most delivered ids and most dead letters one `depth` call forgets per tenant, so a
@@ -170,8 +170,40 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {redis.call('ZCARD', KEYS[1]), oldest[2] or false, redis.call('ZCARD', KEYS[2])}
 "#;
 
-/// Every script of the outbox, for `nxgate check --probe` to load.
-pub const SCRIPTS: [&str; 6] = [INTAKE, TAKE, SETTLE, DEAD, REDRIVE, DEPTH];
+/// Claims an `Idempotency-Key`. KEYS[1]: the key's hash. ARGV: fingerprint, token,
+/// in-flight expiry (ms). Returns `{'new'}`, `{'reused'}`, `{'progress'}` or
+/// `{'done', answer JSON, body}`.
+pub const KEY_CLAIM: &str = r#"
+local fp = redis.call('HGET', KEYS[1], 'fp')
+if not fp then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'token', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'new'}
+end
+if fp ~= ARGV[1] then return {'reused'} end
+local answer = redis.call('HGET', KEYS[1], 'answer')
+if not answer then return {'progress'} end
+return {'done', answer, redis.call('HGET', KEYS[1], 'body')}
+"#;
+
+/// Records the answer of the request holding the key. ARGV: token, answer JSON, body,
+/// retention (ms).
+pub const KEY_COMPLETE: &str = r#"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'answer', ARGV[2], 'body', ARGV[3])
+redis.call('HDEL', KEYS[1], 'token')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"#;
+
+/// Lets the key go if this request still holds it. ARGV: token.
+pub const KEY_RELEASE: &str = r#"
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Every script of the outbox and the idempotency records, for `nxgate check --probe`.
+pub const SCRIPTS: [&str; 9] = [INTAKE, TAKE, SETTLE, DEAD, REDRIVE, DEPTH, KEY_CLAIM, KEY_COMPLETE, KEY_RELEASE];
 
 /// The key names of one tenant.
 struct Keys {
@@ -222,6 +254,9 @@ struct ScriptSet {
     dead: Script,
     redrive: Script,
     depth: Script,
+    key_claim: Script,
+    key_complete: Script,
+    key_release: Script,
 }
 
 /// The outbox in Redis.
@@ -246,6 +281,9 @@ impl RedisOutbox {
                 dead: Script::new(DEAD),
                 redrive: Script::new(REDRIVE),
                 depth: Script::new(DEPTH),
+                key_claim: Script::new(KEY_CLAIM),
+                key_complete: Script::new(KEY_COMPLETE),
+                key_release: Script::new(KEY_RELEASE),
             }),
             turn: AtomicUsize::new(0),
         }
@@ -301,6 +339,65 @@ impl RedisOutbox {
             "full" => Ok(Intake::Full),
             _ => Err(corrupt("an intake answer")),
         }
+    }
+
+    /// The hash of tenant `uuid`'s `Idempotency-Key` (in the tenant's slot with Cluster).
+    fn key_hash(&self, uuid: &str, key: &str) -> String {
+        format!("nxgate:idempotency:{}:{key}", self.link.tenant_tag(uuid))
+    }
+
+    /// See [`super::Outbox::claim_key`]. Expiry is Redis's own (`PEXPIRE`), so `now_ms`
+    /// is not needed here.
+    pub async fn claim_key(
+        &self,
+        uuid: &str,
+        key: &str,
+        fingerprint: &str,
+        in_flight: Duration,
+        _now_ms: u64,
+    ) -> Result<KeyClaim, StoreError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut call = self.scripts.key_claim.key(self.key_hash(uuid, key));
+        call.arg(fingerprint).arg(&token).arg(ms(in_flight).max(1));
+        let mut conn = self.connection().await?;
+        let found: Vec<Vec<u8>> = self.run(&mut conn, &call).await?;
+        Ok(match found.first().map(Vec::as_slice) {
+            Some(b"new") => KeyClaim::New(token),
+            Some(b"reused") => KeyClaim::Reused,
+            Some(b"progress") => KeyClaim::InProgress,
+            Some(b"done") if found.len() == 3 => {
+                let mut answer: Answer =
+                    serde_json::from_slice(&found[1]).map_err(|_| corrupt("an idempotency answer"))?;
+                answer.body = Bytes::from(found[2].clone());
+                KeyClaim::Replay(answer)
+            }
+            _ => return Err(corrupt("an idempotency claim")),
+        })
+    }
+
+    /// See [`super::Outbox::complete_key`].
+    pub async fn complete_key(
+        &self,
+        uuid: &str,
+        key: &str,
+        token: &str,
+        answer: &Answer,
+        retention: Duration,
+        _now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(answer).map_err(|_| StoreError("an answer does not serialize".into()))?;
+        let mut call = self.scripts.key_complete.key(self.key_hash(uuid, key));
+        call.arg(token).arg(json).arg(&answer.body[..]).arg(ms(retention).max(1));
+        let mut conn = self.connection().await?;
+        self.run::<i64>(&mut conn, &call).await.map(drop)
+    }
+
+    /// See [`super::Outbox::release_key`].
+    pub async fn release_key(&self, uuid: &str, key: &str, token: &str) -> Result<(), StoreError> {
+        let mut call = self.scripts.key_release.key(self.key_hash(uuid, key));
+        call.arg(token);
+        let mut conn = self.connection().await?;
+        self.run::<i64>(&mut conn, &call).await.map(drop)
     }
 
     /// See [`super::Outbox::take_due`].

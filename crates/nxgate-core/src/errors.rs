@@ -105,6 +105,19 @@ pub enum GatewayError {
     /// The callback receiver did not answer within `callbacks.receiver_timeout_ms`.
     #[error("callback receiver timeout: {0}")]
     CallbackReceiverTimeout(String),
+    /// A request on an `idempotency.required_paths` path came without `Idempotency-Key`.
+    #[error("this path requires an Idempotency-Key header")]
+    IdempotencyKeyMissing,
+    /// The `Idempotency-Key` header is not 1 to 255 visible ASCII characters (or a quoted
+    /// string of them), or appears more than once.
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters, sent once")]
+    IdempotencyKeyInvalid,
+    /// The first request with this key is still in flight.
+    #[error("a request with this Idempotency-Key is in progress; retry after 1 s")]
+    IdempotencyKeyInProgress,
+    /// The key was used for a request with another method, path, query or body.
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
 }
 
 /// The stable kinds of the error contract, one per [`GatewayError`] variant: the
@@ -149,12 +162,22 @@ pub enum ErrorKind {
     CallbackReceiverUnreachable,
     /// `callback_receiver_timeout`: 504 / 50402.
     CallbackReceiverTimeout,
+    /// `idempotency_key_missing`: 400 / 40002.
+    IdempotencyKeyMissing,
+    /// `idempotency_key_invalid`: 400 / 40003.
+    IdempotencyKeyInvalid,
+    /// `idempotency_key_in_progress`: 409 / 40902.
+    IdempotencyKeyInProgress,
+    /// `idempotency_key_reused`: 422 / 42201.
+    IdempotencyKeyReused,
 }
 
 impl ErrorKind {
     /// Every kind, in the order of the README's error table.
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 23] = [
         ErrorKind::BadRequest,
+        ErrorKind::IdempotencyKeyMissing,
+        ErrorKind::IdempotencyKeyInvalid,
         ErrorKind::Unauthenticated,
         ErrorKind::RouteNotAllowed,
         ErrorKind::RequestHeaderTimeout,
@@ -170,6 +193,8 @@ impl ErrorKind {
         ErrorKind::BadCallbackSignature,
         ErrorKind::StaleCallback,
         ErrorKind::CallbackInProgress,
+        ErrorKind::IdempotencyKeyInProgress,
+        ErrorKind::IdempotencyKeyReused,
         ErrorKind::ReplayStoreUnavailable,
         ErrorKind::CallbackReceiverUnreachable,
         ErrorKind::CallbackReceiverTimeout,
@@ -197,6 +222,10 @@ impl ErrorKind {
             ErrorKind::ReplayStoreUnavailable => "replay_store_unavailable",
             ErrorKind::CallbackReceiverUnreachable => "callback_receiver_unreachable",
             ErrorKind::CallbackReceiverTimeout => "callback_receiver_timeout",
+            ErrorKind::IdempotencyKeyMissing => "idempotency_key_missing",
+            ErrorKind::IdempotencyKeyInvalid => "idempotency_key_invalid",
+            ErrorKind::IdempotencyKeyInProgress => "idempotency_key_in_progress",
+            ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 }
@@ -334,7 +363,11 @@ impl GatewayError {
             | GatewayError::Overloaded { .. }
             | GatewayError::BadCallbackSignature(_)
             | GatewayError::StaleCallback { .. }
-            | GatewayError::CallbackInProgress => ErrorSource::Caller,
+            | GatewayError::CallbackInProgress
+            | GatewayError::IdempotencyKeyMissing
+            | GatewayError::IdempotencyKeyInvalid
+            | GatewayError::IdempotencyKeyInProgress
+            | GatewayError::IdempotencyKeyReused => ErrorSource::Caller,
             GatewayError::ReplayStoreUnavailable(_) => ErrorSource::Internal,
             GatewayError::CallbackReceiverUnreachable(_) | GatewayError::CallbackReceiverTimeout(_) => {
                 ErrorSource::Upstream
@@ -366,6 +399,7 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after_secs } | GatewayError::UpstreamBusy { retry_after_secs } => {
                 Some(*retry_after_secs)
             }
+            GatewayError::IdempotencyKeyInProgress => Some(1),
             _ => None,
         }
     }
@@ -411,6 +445,10 @@ impl GatewayError {
             GatewayError::ReplayStoreUnavailable(_) => (503, 50301, ErrorKind::ReplayStoreUnavailable),
             GatewayError::CallbackReceiverUnreachable(_) => (502, 50205, ErrorKind::CallbackReceiverUnreachable),
             GatewayError::CallbackReceiverTimeout(_) => (504, 50402, ErrorKind::CallbackReceiverTimeout),
+            GatewayError::IdempotencyKeyMissing => (400, 40002, ErrorKind::IdempotencyKeyMissing),
+            GatewayError::IdempotencyKeyInvalid => (400, 40003, ErrorKind::IdempotencyKeyInvalid),
+            GatewayError::IdempotencyKeyInProgress => (409, 40902, ErrorKind::IdempotencyKeyInProgress),
+            GatewayError::IdempotencyKeyReused => (422, 42201, ErrorKind::IdempotencyKeyReused),
         }
     }
 }
@@ -487,6 +525,8 @@ mod tests {
     fn every_variant() -> Vec<GatewayError> {
         vec![
             GatewayError::BadRequest("x".into()),
+            GatewayError::IdempotencyKeyMissing,
+            GatewayError::IdempotencyKeyInvalid,
             GatewayError::Unauthenticated("no key"),
             GatewayError::RouteNotAllowed,
             GatewayError::RequestHeaderTimeout { timeout_ms: 1 },
@@ -502,6 +542,8 @@ mod tests {
             GatewayError::BadCallbackSignature("sign does not match"),
             GatewayError::StaleCallback { skew_secs: 301, limit_secs: 300 },
             GatewayError::CallbackInProgress,
+            GatewayError::IdempotencyKeyInProgress,
+            GatewayError::IdempotencyKeyReused,
             GatewayError::ReplayStoreUnavailable("redis"),
             GatewayError::CallbackReceiverUnreachable("refused".into()),
             GatewayError::CallbackReceiverTimeout("10000 ms".into()),
@@ -515,6 +557,8 @@ mod tests {
             table,
             vec![
                 (400, 40001, "bad_request"),
+                (400, 40002, "idempotency_key_missing"),
+                (400, 40003, "idempotency_key_invalid"),
                 (401, 40101, "unauthenticated"),
                 (404, 40401, "route_not_allowed"),
                 (408, 40801, "request_header_timeout"),
@@ -530,6 +574,8 @@ mod tests {
                 (401, 40102, "bad_callback_signature"),
                 (401, 40103, "stale_callback"),
                 (409, 40901, "callback_in_progress"),
+                (409, 40902, "idempotency_key_in_progress"),
+                (422, 42201, "idempotency_key_reused"),
                 (503, 50301, "replay_store_unavailable"),
                 (502, 50205, "callback_receiver_unreachable"),
                 (504, 50402, "callback_receiver_timeout"),
@@ -541,7 +587,7 @@ mod tests {
     fn every_kind_is_listed_once_in_the_table_order() {
         let kinds: Vec<_> = every_variant().iter().map(|e| e.error_kind()).collect();
         assert_eq!(kinds, ErrorKind::ALL);
-        assert_eq!(ErrorKind::ALL.map(ErrorKind::as_str).iter().collect::<std::collections::HashSet<_>>().len(), 19);
+        assert_eq!(ErrorKind::ALL.map(ErrorKind::as_str).iter().collect::<std::collections::HashSet<_>>().len(), 23);
     }
 
     #[test]
@@ -612,7 +658,12 @@ mod tests {
             let r = ErrorResponse::new(&e, "rid", 1);
             let names: Vec<_> = r.headers().into_iter().map(|(n, _)| n).collect();
             let mut expected = vec!["content-type", ERROR_KIND_HEADER, "x-request-id", "content-length"];
-            if matches!(e, GatewayError::RateLimited { .. } | GatewayError::UpstreamBusy { .. }) {
+            if matches!(
+                e,
+                GatewayError::RateLimited { .. }
+                    | GatewayError::UpstreamBusy { .. }
+                    | GatewayError::IdempotencyKeyInProgress
+            ) {
                 expected.push("retry-after");
             }
             assert_eq!(names, expected, "{e:?}");

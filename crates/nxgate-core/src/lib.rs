@@ -8,7 +8,8 @@
 //! on; `secret` holds key material; `clock` is the one wall clock. For NXCloud's own
 //! answers: `vendor` (its codes), `backoff` (after "busy"), `gzip` (bounded decoding);
 //! `replay` decides whether a failed upstream attempt may be sent again; `webhook`
-//! signs callback deliveries the Standard Webhooks way.
+//! signs callback deliveries the Standard Webhooks way; `idempotency` reads a caller's
+//! `Idempotency-Key` and fingerprints its request.
 #![warn(missing_docs)]
 
 pub mod backoff;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod errors;
 pub mod gzip;
 pub mod headers;
+pub mod idempotency;
 pub mod replay;
 pub mod routes;
 pub mod secret;

@@ -61,6 +61,27 @@ pub struct FileConfig {
     /// Traces over OTLP/HTTP.
     #[serde(default)]
     pub telemetry: TelemetryFile,
+    /// `Idempotency-Key` handling.
+    #[serde(default)]
+    pub idempotency: IdempotencyFile,
+}
+
+/// `idempotency:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyFile {
+    /// How long a key's answer is kept.
+    #[serde(default = "defaults::retention_secs")]
+    pub retention_secs: u64,
+    /// Full paths on which a request without `Idempotency-Key` is refused.
+    #[serde(default)]
+    pub required_paths: Vec<String>,
+}
+
+impl Default for IdempotencyFile {
+    fn default() -> Self {
+        IdempotencyFile { retention_secs: defaults::retention_secs(), required_paths: Vec::new() }
+    }
 }
 
 /// `telemetry:`.
@@ -610,6 +631,10 @@ pub mod defaults {
     /// `callbacks.max_queued`.
     pub fn max_queued() -> u64 {
         1_000_000
+    }
+    /// `idempotency.retention_secs`: a day.
+    pub fn retention_secs() -> u64 {
+        86_400
     }
     /// `telemetry.sample_ratio`.
     pub fn sample_ratio() -> f64 {

@@ -119,6 +119,17 @@ pub struct GatewayConfig {
     pub state: StateConfig,
     /// Traces (`telemetry:`); only a restart changes it.
     pub telemetry: TelemetryConfig,
+    /// `Idempotency-Key` handling (`idempotency:`).
+    pub idempotency: IdempotencyConfig,
+}
+
+/// The validated `idempotency:` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyConfig {
+    /// How long a key's recorded answer is replayed.
+    pub retention: Duration,
+    /// Paths (without query) that require a key.
+    pub required_paths: Vec<String>,
 }
 
 /// The validated `telemetry:` block.
@@ -500,6 +511,7 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
     let listen_tls = file.listen_tls.as_ref().and_then(|t| read_tls_identity("listen_tls", t, base, &mut p));
     let state = validate_state(&file, base, &mut p);
     let telemetry = validate_telemetry(&file.telemetry, &mut p);
+    let idempotency = validate_idempotency(&file.idempotency, &mut p);
     let callbacks = file
         .callbacks
         .as_ref()
@@ -518,6 +530,7 @@ pub fn validate(file: FileConfig, base: &Path, env: &dyn Environment) -> Result<
     Ok(GatewayConfig {
         state,
         telemetry,
+        idempotency,
         listen_tls,
         callbacks,
         max_connections,
@@ -774,6 +787,24 @@ fn validate_telemetry(t: &file::TelemetryFile, p: &mut Problems) -> TelemetryCon
         p.add("telemetry.service_name", "must be non-empty visible ASCII");
     }
     TelemetryConfig { traces_url, sample_ratio: t.sample_ratio, service_name: t.service_name.clone() }
+}
+
+/// Longest `idempotency.retention_secs`: 30 days.
+pub const MAX_RETENTION_SECS: u64 = 30 * 86_400;
+
+fn validate_idempotency(i: &file::IdempotencyFile, p: &mut Problems) -> IdempotencyConfig {
+    if i.retention_secs == 0 || i.retention_secs > MAX_RETENTION_SECS {
+        p.add("idempotency.retention_secs", "must be between 1 and 2592000 (30 days)");
+    }
+    for (k, path) in i.required_paths.iter().enumerate() {
+        if !path.starts_with('/') || path.contains('?') {
+            p.add(
+                format!("idempotency.required_paths[{k}]"),
+                format!("{path:?} must be a full path starting with '/', without a query"),
+            );
+        }
+    }
+    IdempotencyConfig { retention: Duration::from_secs(i.retention_secs), required_paths: i.required_paths.clone() }
 }
 
 /// Longest delay of one step of `callbacks.retry_schedule_ms`: a week.

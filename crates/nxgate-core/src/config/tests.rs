@@ -194,6 +194,7 @@ fn shipped_example_states_the_defaults() {
     assert!(shipped.callbacks.is_none() && minimal.callbacks.is_none());
     assert_eq!(shipped.state, minimal.state);
     assert_eq!(shipped.telemetry, minimal.telemetry);
+    assert_eq!(shipped.idempotency, minimal.idempotency);
     assert_eq!(shipped.tenants[0].callbacks_forward_to, minimal.tenants[0].callbacks_forward_to);
 
     // The commented `callbacks:` block, uncommented, states the defaults of `callbacks: {}`.
@@ -256,6 +257,26 @@ fn callbacks_get_the_documented_defaults() {
     assert_eq!(c.replay_memory_entries, 100_000);
     assert!(c.tls.is_none());
     assert!(load_text(MINIMAL).unwrap().callbacks.is_none(), "no callbacks key, no callback listener");
+}
+
+#[test]
+fn idempotency_keeps_answers_a_day_and_requires_keys_nowhere_by_default() {
+    let c = load_text(MINIMAL).unwrap();
+    assert_eq!(c.idempotency, IdempotencyConfig { retention: Duration::from_secs(86_400), required_paths: vec![] });
+    let c = load_text(&format!(
+        "{MINIMAL}idempotency: {{ retention_secs: 2, required_paths: [\"/callcentre/api/v3/createAndCall\"] }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.idempotency.retention, Duration::from_secs(2));
+    assert_problem(&format!("{MINIMAL}idempotency: {{ retention_secs: 0 }}\n"), "idempotency.retention_secs");
+    assert_problem(
+        &format!("{MINIMAL}idempotency: {{ required_paths: [\"create\"] }}\n"),
+        "idempotency.required_paths[0]",
+    );
+    assert_problem(
+        &format!("{MINIMAL}idempotency: {{ required_paths: [\"/a?b\"] }}\n"),
+        "idempotency.required_paths[0]",
+    );
 }
 
 #[test]
