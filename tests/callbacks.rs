@@ -39,41 +39,6 @@ fn gateway(r: &TestReceiver) -> Gateway {
     gateway_with(&r.url(), "", "")
 }
 
-#[derive(Clone, Copy)]
-enum Account {
-    /// tenant-a, MD5.
-    A,
-    /// tenant-b, SHA256.
-    B,
-}
-
-impl Account {
-    fn uuid(self) -> &'static str {
-        match self {
-            Account::A => UUID_A,
-            Account::B => UUID_B,
-        }
-    }
-    fn secret(self) -> &'static str {
-        match self {
-            Account::A => SECRET_A,
-            Account::B => SECRET_B,
-        }
-    }
-    fn digest(self) -> Digest {
-        match self {
-            Account::A => Digest::Md5,
-            Account::B => Digest::Sha256,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Account::A => "tenant-a",
-            Account::B => "tenant-b",
-        }
-    }
-}
-
 /// The four headers NXCloud sends (no `algorithm`), signed over `body` at `ts`.
 fn signed_at(account: Account, body: &[u8], request_id: &str, ts: u64) -> Vec<(String, String)> {
     let ts = ts.to_string();

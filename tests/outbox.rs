@@ -95,41 +95,6 @@ fn start(yaml: &str, log: Option<&str>) -> Gateway {
     gw
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Account {
-    /// tenant-a, MD5.
-    A,
-    /// tenant-b, SHA256.
-    B,
-}
-
-impl Account {
-    fn uuid(self) -> &'static str {
-        match self {
-            Account::A => UUID_A,
-            Account::B => UUID_B,
-        }
-    }
-    fn secret(self) -> &'static str {
-        match self {
-            Account::A => SECRET_A,
-            Account::B => SECRET_B,
-        }
-    }
-    fn digest(self) -> Digest {
-        match self {
-            Account::A => Digest::Md5,
-            Account::B => Digest::Sha256,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Account::A => "tenant-a",
-            Account::B => "tenant-b",
-        }
-    }
-}
-
 /// A callback's headers, as sent.
 type Headers = Vec<(String, String)>;
 

@@ -35,6 +35,42 @@ pub const SECRET_B: &str = "k3y-With&Ampersand-tenant-b-SECRET";
 pub const KEY_A: &str = "client-key-for-tenant-a-7f3e9c1d";
 pub const KEY_B: &str = "client-key-for-tenant-b-91ab44e0";
 
+/// The suite's two NXCloud accounts, as callbacks name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Account {
+    /// tenant-a, MD5.
+    A,
+    /// tenant-b, SHA256.
+    B,
+}
+
+impl Account {
+    pub fn uuid(self) -> &'static str {
+        match self {
+            Account::A => UUID_A,
+            Account::B => UUID_B,
+        }
+    }
+    pub fn secret(self) -> &'static str {
+        match self {
+            Account::A => SECRET_A,
+            Account::B => SECRET_B,
+        }
+    }
+    pub fn digest(self) -> nxgate_testkit::refsign::Digest {
+        match self {
+            Account::A => nxgate_testkit::refsign::Digest::Md5,
+            Account::B => nxgate_testkit::refsign::Digest::Sha256,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Account::A => "tenant-a",
+            Account::B => "tenant-b",
+        }
+    }
+}
+
 /// Everything a log must never contain.
 pub const NEVER_LOGGED: [&str; 4] = [SECRET_A, SECRET_B, KEY_A, KEY_B];
 

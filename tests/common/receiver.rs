@@ -43,16 +43,22 @@ pub struct TestReceiver {
     mode: Arc<AtomicU8>,
     seen: Arc<Mutex<Vec<Received>>>,
     connections: Arc<AtomicUsize>,
+    /// Whether each record carries the `ANSWERED` pseudo-header (receivers from `start_on`).
+    record_answers: bool,
 }
 
 impl TestReceiver {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::serving(TcpListener::bind("127.0.0.1:0").unwrap(), false)
+    }
+
+    fn serving(listener: TcpListener, record_answers: bool) -> Self {
         let r = TestReceiver {
             addr: listener.local_addr().unwrap(),
             mode: Arc::new(AtomicU8::new(Mode::Ok as u8)),
             seen: Arc::default(),
             connections: Arc::default(),
+            record_answers,
         };
         let me = r.clone();
         std::thread::spawn(move || {
@@ -88,10 +94,23 @@ impl TestReceiver {
         assert!(self.seen().is_empty());
     }
 
+    /// Answers each request by the mode of the moment; with `record_answers`, the answer is
+    /// decided before the request is recorded and recorded with it (as the `ANSWERED`
+    /// pseudo-header), so a test can tell an attempt the receiver accepted from one it
+    /// refused even while its mode changes.
     fn serve(&self, mut s: TcpStream) {
         let mut buf = Vec::new();
         loop {
-            let Some(req) = read_request(&mut s, &mut buf) else { return };
+            let Some(mut req) = read_request(&mut s, &mut buf) else { return };
+            let mode = self.mode.load(Ordering::SeqCst);
+            if self.record_answers {
+                let answered = match mode {
+                    0 | 4 => "200",
+                    1 => "500",
+                    _ => "none",
+                };
+                req.headers.push((ANSWERED.to_owned(), answered.to_owned()));
+            }
             let n = {
                 let mut seen = self.seen.lock().unwrap();
                 seen.push(req);
@@ -104,7 +123,7 @@ impl TestReceiver {
                     body.len()
                 )
             };
-            let out = match self.mode.load(Ordering::SeqCst) {
+            let out = match mode {
                 0 => answer("200 OK"),
                 1 => answer("500 Internal Server Error"),
                 2 => {
@@ -175,74 +194,13 @@ impl TestReceiver {
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
-        let r = TestReceiver {
-            addr: listener.local_addr().unwrap(),
-            mode: Arc::new(AtomicU8::new(Mode::Ok as u8)),
-            seen: Arc::default(),
-            connections: Arc::default(),
-        };
-        let me = r.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                me.connections.fetch_add(1, Ordering::SeqCst);
-                let me = me.clone();
-                std::thread::spawn(move || me.serve_recording_answers(stream));
-            }
-        });
-        r
+        Self::serving(listener, true)
     }
 
     /// The requests answered 2xx, in arrival order (receivers from `start_on` only: the
     /// others do not record their answers).
     pub fn delivered(&self) -> Vec<Received> {
         self.seen().into_iter().filter(|r| r.answered().is_some_and(|s| (200..300).contains(&s))).collect()
-    }
-
-    /// `serve`, with the answer decided before the request is recorded and recorded with it
-    /// (as the `ANSWERED` pseudo-header), so a test can tell an attempt the receiver
-    /// accepted from one it refused even while its mode changes.
-    fn serve_recording_answers(&self, mut s: TcpStream) {
-        let mut buf = Vec::new();
-        loop {
-            let Some(mut req) = read_request(&mut s, &mut buf) else { return };
-            let mode = self.mode.load(Ordering::SeqCst);
-            let answered = match mode {
-                0 | 4 => "200",
-                1 => "500",
-                _ => "none",
-            };
-            req.headers.push((ANSWERED.to_owned(), answered.to_owned()));
-            let n = {
-                let mut seen = self.seen.lock().unwrap();
-                seen.push(req);
-                seen.len()
-            };
-            let body = format!(r#"{{"received":{n}}}"#);
-            let answer = |status: &str| {
-                format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-receiver: yes\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-            };
-            let out = match mode {
-                0 => answer("200 OK"),
-                1 => answer("500 Internal Server Error"),
-                2 => {
-                    let mut sink = [0u8; 1024];
-                    while s.read(&mut sink).is_ok_and(|n| n > 0) {}
-                    return;
-                }
-                3 => return,
-                _ => {
-                    std::thread::sleep(Duration::from_millis(600));
-                    answer("200 OK")
-                }
-            };
-            if s.write_all(out.as_bytes()).is_err() {
-                return;
-            }
-        }
     }
 }
 
