@@ -227,6 +227,12 @@ pub fn summary(c: &GatewayConfig) -> String {
         _ => "memory (lost on restart)".to_owned(),
     };
     out.push_str(&format!("state: {state}\n"));
+    let required = &c.idempotency.required_paths;
+    out.push_str(&format!(
+        "idempotency keys: answers kept {} s (in state), required on {}\n",
+        c.idempotency.retention.as_secs(),
+        if required.is_empty() { "no path".to_owned() } else { required.join(", ") }
+    ));
     match &c.telemetry.traces_url {
         None => out.push_str("traces: off\n"),
         Some(url) => out.push_str(&format!(
