@@ -1010,3 +1010,29 @@ fn every_outbox_series_is_exported_at_zero_from_the_first_scrape() {
     }
     r.assert_untouched();
 }
+
+#[test]
+fn a_reload_changes_the_receiver_and_schedule_but_refuses_to_change_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (TestReceiver::start_on(any_port()), TestReceiver::start_on(any_port()));
+    let yaml = config(&first.url(), &embedded(dir.path()), "  retry_schedule_ms: [0, 100]\n", "");
+    let gw = start(&yaml, None);
+    let sent = queue_callbacks(&gw, 1, false, "before-reload");
+    wait_delivered(&first, &[sent[0].request_id.clone()], Duration::from_secs(10), &[&gw]);
+
+    // state: needs a restart; the reload says so and the old config keeps serving.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(&gw.config_path, config(&second.url(), &embedded(other.path()), "", "")).unwrap();
+    let refused = gw.admin_post("/reload").unwrap();
+    assert_eq!(refused.status, 400);
+    let why = refused.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(why.starts_with("state cannot change on reload"), "{why}");
+
+    // The receiver and the schedule do change.
+    std::fs::write(&gw.config_path, config(&second.url(), &embedded(dir.path()), "  retry_schedule_ms: [0]\n", ""))
+        .unwrap();
+    assert_eq!(gw.admin_post("/reload").unwrap().status, 200);
+    let sent = queue_callbacks(&gw, 1, false, "after-reload");
+    wait_delivered(&second, &[sent[0].request_id.clone()], Duration::from_secs(10), &[&gw]);
+    assert_eq!(first.count(), 1, "the old receiver got only the callback from before the reload");
+}

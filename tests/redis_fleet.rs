@@ -19,8 +19,10 @@ fn config(upstream: &str, receiver: &str, redis: &str) -> String {
     let mut opts = GatewayOptions::new(upstream.to_owned());
     opts.tenant_a_extra = LIMITED.into();
     opts.tenant_b_extra = LIMITED.into();
+    // Direct delivery: these tests check the replay memory the replicas share (state on
+    // Redis would otherwise mean queued delivery; the cluster test checks that too).
     opts.extra_top = format!(
-        "callbacks:\n  listen: [\"127.0.0.1:0\"]\n  forward_to: \"{receiver}\"\n  allow_prefixes: [\"/hooks/\"]\n  receiver_timeout_ms: 1500\n{redis}"
+        "callbacks:\n  listen: [\"127.0.0.1:0\"]\n  forward_to: \"{receiver}\"\n  allow_prefixes: [\"/hooks/\"]\n  receiver_timeout_ms: 1500\n  delivery: \"direct\"\n{redis}"
     );
     opts.yaml(any_port())
 }
@@ -204,7 +206,7 @@ fn tls_with_an_acl_user_shares_limits_and_callbacks_and_bad_settings_fail_the_pr
     // The probe passes and check shows the backend without the password.
     let (code, out) = probe(&good);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("redis probe: OK (master, 3 scripts loaded)"), "{out}");
+    assert!(out.contains("redis probe: OK (master, 12 scripts loaded)"), "{out}");
     assert!(out.contains(&format!("single server 127.0.0.1:{port}, TLS (system roots + ")), "{out}");
     assert!(out.contains("user gw with password, database 0"), "{out}");
     assert!(!out.contains("gw-pa55"), "the password was printed: {out}");
@@ -563,13 +565,44 @@ fn cluster(tls_acl: bool) {
     let yaml = config(&emu.url(), &r.url(), &redis_block(&url, &format!("{extra}  cluster: {{ nodes: [{nodes}] }}\n")));
     let (code, out) = probe(&yaml);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("redis probe: OK (cluster ok, 3 scripts loaded)") && out.contains("cluster, seeds"), "{out}");
+    assert!(out.contains("redis probe: OK (cluster ok, 12 scripts loaded)") && out.contains("cluster, seeds"), "{out}");
 
     let (one, two) = (start_connected(&yaml), start_connected(&yaml));
     one_limit_across([&one, &two], KEY_A);
     one_limit_across([&one, &two], KEY_B);
     one_delivery_across([&one, &two], &r, false);
     one_delivery_across([&one, &two], &r, true);
+    // Queued delivery and Idempotency-Key on the cluster: each tenant's outbox and keys in
+    // its own slot, every script's keys in one slot.
+    let queued_receiver = TestReceiver::start();
+    let queued =
+        yaml.replace("  delivery: \"direct\"", "  delivery: \"queued\"").replace(&r.url(), &queued_receiver.url());
+    let (three, four) = (start_connected(&queued), start_connected(&queued));
+    // (start_connected itself stores a callback on each: count ours by requestID.)
+    let mut ours = Vec::new();
+    for (b_tenant, gw) in [(false, &three), (true, &four)] {
+        let (b, id) = (body("queued-on-cluster"), rid());
+        let h = signed(b_tenant, &b, &id);
+        assert_eq!(send(gw.callbacks[0], &h, &b).status, 200);
+        let other = if b_tenant { &three } else { &four };
+        let dup = send(other.callbacks[0], &h, &b);
+        assert_eq!((dup.status, dup.header("x-nxgate-duplicate")), (200, Some("true")), "stored once for the fleet");
+        ours.push(id);
+    }
+    let copies = |id: &str| queued_receiver.seen().iter().filter(|x| x.header("x-request-id") == Some(id)).count();
+    let delivered = within(Duration::from_secs(10), || ours.iter().all(|id| copies(id) >= 1));
+    assert!(delivered.is_some(), "queued callbacks not delivered on the cluster:\n{}\n{}", three.log(), four.log());
+    assert!(ours.iter().all(|id| copies(id) == 1), "each delivered once");
+    // one_limit_across emptied both tenants' buckets (20 at 20/s): let them refill.
+    std::thread::sleep(Duration::from_millis(1_100));
+    for key in [KEY_A, KEY_B] {
+        let auth = format!("Bearer {key}");
+        let headers = [("authorization", auth.as_str()), ("idempotency-key", "cluster-key-1")];
+        let first = three.post("/callcentre/api/v3/ping", &headers, br#"{"data":"k"}"#);
+        let again = four.post("/callcentre/api/v3/ping", &headers, br#"{"data":"k"}"#);
+        assert_eq!((first.status, again.header("idempotent-replayed")), (200, Some("true")), "{}", four.log());
+        assert_eq!(first.body, again.body);
+    }
     // Each tenant's keys are on its own master, and only there.
     for (uuid, owner) in [(UUID_A, owner_a), (UUID_B, owner_b)] {
         for m in &masters {

@@ -76,17 +76,21 @@ impl CallbackRuntime {
     pub fn new(config: &GatewayConfig, previous: Option<&CallbackRuntime>, outbox: &Arc<Outbox>) -> Option<Self> {
         let cb = config.callbacks.clone()?;
         let default_receiver = receiver_upstream(&cb.forward_to, cb.receiver_timeout);
-        let replay = match previous {
-            Some(p) => {
-                if let ReplayStore::Local(l) = p.replay.as_ref() {
-                    l.set_capacity(cb.replay_memory_entries);
-                }
-                p.replay.clone()
+        let kept = previous.map(|p| &p.replay).filter(|r| match (r.as_ref(), &outbox.backend) {
+            (ReplayStore::Local(l), _) => {
+                l.set_capacity(cb.replay_memory_entries);
+                true
             }
+            // A reload that changed `redis:` moved the outbox to a new link; follow it.
+            (ReplayStore::Redis(r), Backend::Redis(o)) => Arc::ptr_eq(r.link(), &o.link()),
+            _ => true,
+        });
+        let replay = match kept {
+            Some(r) => r.clone(),
             None => Arc::new(match &outbox.backend {
                 Backend::Embedded(e) if config.state.is_durable() => ReplayStore::Embedded(e.clone()),
                 Backend::Embedded(_) => ReplayStore::Local(LocalReplay::new(cb.replay_memory_entries)),
-                Backend::Redis(r) => ReplayStore::Redis(RedisReplay::new(r.link().clone())),
+                Backend::Redis(r) => ReplayStore::Redis(RedisReplay::new(r.link())),
             }),
         };
         Some(CallbackRuntime {

@@ -93,9 +93,6 @@ impl Reloader {
         unchanged("callbacks.listen", &callbacks_listen(&current.config), &callbacks_listen(&next))?;
         unchanged("state", &current.config.state, &next.state)?;
         unchanged("telemetry", &current.config.telemetry, &next.telemetry)?;
-        if next.state.kind == config::StateKind::Redis {
-            unchanged("redis (the connection of state.kind \"redis\")", &current.config.redis, &next.redis)?;
-        }
         let has_tls =
             |c: &config::GatewayConfig| (c.listen_tls.is_some(), c.callbacks.as_ref().map(|c| c.tls.is_some()));
         unchanged("whether a listener uses TLS", &has_tls(&current.config), &has_tls(&next))?;

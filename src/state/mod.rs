@@ -13,13 +13,14 @@
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
+use crate::net::redis::RedisLink;
 use crate::net::upstream::Upstream;
 use crate::policy::admission::{RateBackend, TenantAdmission};
 use crate::policy::answers::TenantAnswers;
 use crate::policy::delivery::CallbackRuntime;
 use crate::policy::exchange::Nxcloud;
 use crate::process::metrics::{CallbackSeries, Metrics, TenantMetrics, NO_TENANT};
-use crate::store::Outbox;
+use crate::store::{Backend, Outbox};
 use nxgate_core::config::{GatewayConfig, Tenant};
 use nxgate_core::tenants::TenantDirectory;
 
@@ -90,6 +91,11 @@ impl Generation {
         outbox: Arc<Outbox>,
     ) -> Self {
         let tenants = TenantDirectory::new(config.tenants.clone(), config.default_tenant);
+        if let Backend::Redis(r) = &outbox.backend {
+            if r.link().config() != &config.redis {
+                r.relink(RedisLink::new(config.redis.clone(), "callback state", Some(metrics.redis_metrics())));
+            }
+        }
         let callbacks = CallbackRuntime::new(&config, previous.and_then(|p| p.callbacks.as_ref()), &outbox);
         let rates = RateBackend::new(&config, previous.map(|p| &p.rates), Some(metrics.redis_metrics()));
         let records = tenants

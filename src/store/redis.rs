@@ -261,7 +261,7 @@ struct ScriptSet {
 
 /// The outbox in Redis.
 pub struct RedisOutbox {
-    link: Arc<RedisLink>,
+    link: arc_swap::ArcSwap<RedisLink>,
     /// Boxed: six scripts inline would make `Backend` ~300 bytes for its Redis variant.
     scripts: Box<ScriptSet>,
     /// Where the next `take_due` starts among the tenants, so a tenant with a large
@@ -273,7 +273,7 @@ impl RedisOutbox {
     /// An outbox on `link`.
     pub fn new(link: Arc<RedisLink>) -> Self {
         RedisOutbox {
-            link,
+            link: arc_swap::ArcSwap::new(link),
             scripts: Box::new(ScriptSet {
                 intake: Script::new(INTAKE),
                 take: Script::new(TAKE),
@@ -289,17 +289,25 @@ impl RedisOutbox {
         }
     }
 
-    /// The link (its config decides whether a reload keeps this outbox).
-    pub fn link(&self) -> &Arc<RedisLink> {
-        &self.link
+    /// The link in use now.
+    pub fn link(&self) -> Arc<RedisLink> {
+        self.link.load_full()
+    }
+
+    /// Moves to `link` (a reload changed `redis:`): the next call uses it. What is stored
+    /// stays where it is: pointed at the same data (a new password, another address of
+    /// the same server), nothing changes; pointed at another Redis, what waits in the old
+    /// one is delivered by the gateways still using it.
+    pub fn relink(&self, link: Arc<RedisLink>) {
+        self.link.store(link);
     }
 
     fn keys(&self, uuid: &str) -> Keys {
-        Keys { prefix: format!("nxgate:outbox:{}:", self.link.tenant_tag(uuid)) }
+        Keys { prefix: format!("nxgate:outbox:{}:", self.link.load().tenant_tag(uuid)) }
     }
 
     async fn connection(&self) -> Result<RedisConnection, StoreError> {
-        self.link.connection().await.map_err(unavailable)
+        self.link.load_full().connection().await.map_err(unavailable)
     }
 
     /// Runs one script under the link's timeout and breaker.
@@ -308,7 +316,7 @@ impl RedisOutbox {
         conn: &mut RedisConnection,
         call: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        self.link.bounded(call.invoke_async(conn)).await.map_err(unavailable)
+        self.link.load_full().bounded(call.invoke_async(conn)).await.map_err(unavailable)
     }
 
     /// See [`super::Outbox::intake`] (`max_queued` per tenant).
@@ -343,7 +351,7 @@ impl RedisOutbox {
 
     /// The hash of tenant `uuid`'s `Idempotency-Key` (in the tenant's slot with Cluster).
     fn key_hash(&self, uuid: &str, key: &str) -> String {
-        format!("nxgate:idempotency:{}:{key}", self.link.tenant_tag(uuid))
+        format!("nxgate:idempotency:{}:{key}", self.link.load().tenant_tag(uuid))
     }
 
     /// See [`super::Outbox::claim_key`]. Expiry is Redis's own (`PEXPIRE`), so `now_ms`
