@@ -55,12 +55,6 @@ fn signed(account: Account, body: &[u8], request_id: &str) -> Vec<(String, Strin
     signed_at(account, body, request_id, unix_now())
 }
 
-fn send_to(addr: SocketAddr, path: &str, headers: &[(String, String)], body: &[u8]) -> Response {
-    let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-    all.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    client::request(addr, "POST", path, &all, body).unwrap()
-}
-
 fn send(gw: &Gateway, headers: &[(String, String)], body: &[u8]) -> Response {
     send_to(gw.callbacks[0], PATH, headers, body)
 }
@@ -482,15 +476,6 @@ fn the_proxy_listener_serves_https_with_listen_tls() {
 
 /// A callback as sent: headers and body.
 type Sent = (Vec<(String, String)>, Vec<u8>);
-
-fn vm_rss_kb(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
 
 /// Mixed valid, forged and replayed callbacks on many keep-alive connections: every valid
 /// one delivered exactly once, no forged or replayed one delivered, memory flat. The skew

@@ -72,15 +72,6 @@ fn ping(data: &str) -> Vec<u8> {
     client::encode("POST", "/callcentre/api/v3/ping", &headers, format!(r#"{{"data":"{data}"}}"#).as_bytes())
 }
 
-fn vm_rss_kb(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// This process's soft limit on open files (the gateway inherits it).
 fn open_files_limit() -> u64 {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap();

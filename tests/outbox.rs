@@ -18,7 +18,6 @@ use nxgate_testkit::refsign::{self, Digest};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -115,12 +114,6 @@ fn forged_sign(account: Account, body: &[u8], request_id: &str) -> Headers {
     let mut h = signed(account, body, request_id);
     h[3].1 = refsign::sign(account.digest(), b"not-the-secret", body, &h[2].1, request_id, account.uuid());
     h
-}
-
-fn send_to(addr: SocketAddr, path: &str, headers: &[(String, String)], body: &[u8]) -> Response {
-    let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-    all.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    client::request(addr, "POST", path, &all, body).unwrap()
 }
 
 fn send(gw: &Gateway, headers: &[(String, String)], body: &[u8]) -> Response {
@@ -350,15 +343,6 @@ fn dir_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-fn vm_rss_kb(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 fn dead_letters(gw: &Gateway) -> Vec<Value> {

@@ -35,6 +35,24 @@ pub const SECRET_B: &str = "k3y-With&Ampersand-tenant-b-SECRET";
 pub const KEY_A: &str = "client-key-for-tenant-a-7f3e9c1d";
 pub const KEY_B: &str = "client-key-for-tenant-b-91ab44e0";
 
+/// POSTs `body` as JSON to `path` on `addr` with `headers` (owned pairs, as signed
+/// callbacks are built).
+pub fn send_to(addr: SocketAddr, path: &str, headers: &[(String, String)], body: &[u8]) -> Response {
+    let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    all.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    client::request(addr, "POST", path, &all, body).unwrap()
+}
+
+/// A process's resident set size, KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn vm_rss_kb(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 /// The suite's two NXCloud accounts, as callbacks name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Account {
