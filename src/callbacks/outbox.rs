@@ -2,6 +2,10 @@
 //! the Standard Webhooks way, retried per `callbacks.retry_schedule_ms` until the receiver
 //! answers 2xx, then a dead letter.
 //!
+//! The same loop keeps the state store tidy (delivered ids past their window, week-old
+//! dead letters, expired `Idempotency-Key`s), so it runs in every gateway, with or without
+//! a callback listener.
+//!
 //! One loop per process takes what is due (waking on intake and redrive, else polling,
 //! which is how a replica sees work another stored or abandoned) and runs each attempt as
 //! a task of its own, at most [`MAX_IN_DELIVERY`] at once. Taking a callback leases it for
@@ -40,7 +44,7 @@ pub const LEASE_MARGIN: Duration = IN_PROGRESS_MARGIN;
 /// The longest the worker waits before looking for due callbacks again.
 const POLL: Duration = Duration::from_millis(250);
 
-/// How often the queue gauges are refreshed (and old entries purged).
+/// How often the queue gauges are refreshed and expired state is forgotten.
 const DEPTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Least time between two log lines about a store that cannot answer.
@@ -67,6 +71,12 @@ impl BackgroundService for OutboxWorker {
         loop {
             let g = self.live.load_full();
             let mut more = false;
+            if g.callbacks.is_none() && depth_at.elapsed() >= DEPTH_EVERY {
+                depth_at = Instant::now();
+                if let Err(e) = g.outbox.purge_keys(now_ms()).await {
+                    warn("forget expired idempotency keys", &e);
+                }
+            }
             if let Some(cb) = g.callbacks.as_ref() {
                 let uuids = g.uuids();
                 let free = permits.available_permits();

@@ -208,7 +208,6 @@ impl Gateway {
                 &live,
                 &metrics,
             ));
-            server.add_service(background_service("callback outbox", OutboxWorker { live: live.clone() }));
         }
 
         if let Some(addr) = bound.admin {
@@ -223,6 +222,8 @@ impl Gateway {
             let endpoints = std::iter::once(listener(addr, &bound));
             server.add_service(edge_service(deadline, None, endpoints, spec, &live, &metrics));
         }
+        // Delivers queued callbacks, and keeps the state store tidy whatever the config.
+        server.add_service(background_service("callback outbox", OutboxWorker { live: live.clone() }));
         let housekeeping = Housekeeping {
             bound: bound.clone(),
             ready_file: mode.ready_file.clone(),

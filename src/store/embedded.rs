@@ -14,7 +14,9 @@
 //! only), `waiting` ((uuid, accepted ms, id), queued only), `dead` ((uuid, since ms, id)),
 //! `expiry` ((until ms, id), delivered ids), `replay` (direct delivery: key → (until
 //! ms, state)) and `idempotency` / `idempotency_bodies` (tenant uuid + `Idempotency-Key`
-//! → fingerprint, expiry, holder or recorded answer; the answer's body).
+//! → fingerprint, expiry, holder or recorded answer; the answer's body). `replay_expiry`
+//! and `idempotency_expiry` index those two by expiry, so forgetting what expired reads
+//! only what expired.
 
 use bytes::Bytes;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
@@ -32,8 +34,13 @@ const WAITING: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("wa
 const DEAD: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("dead");
 const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
 const REPLAY: TableDefinition<&str, (u64, &str)> = TableDefinition::new("replay");
+const REPLAY_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("replay_expiry");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 const KEY_BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_bodies");
+const KEY_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("idempotency_expiry");
+
+/// An index of expiries, `(until ms, key)`: what is past its time is a range, not a scan.
+type ExpiryIndex = TableDefinition<'static, (u64, &'static str), ()>;
 
 /// The state file's name under `state.dir`.
 pub const FILE_NAME: &str = "nxgate-state.redb";
@@ -183,6 +190,46 @@ fn enqueue(txn: &WriteTransaction, r: &mut Record, due_ms: u64, counts: &mut Cou
     r.stage = Stage::Queued { due_ms };
     r.attempts = 0;
     write_record(txn, r)
+}
+
+/// Moves `key`'s entry in `index` from `old` to `new` (either may be absent).
+fn reindex(
+    txn: &WriteTransaction,
+    index: ExpiryIndex,
+    key: &str,
+    old: Option<u64>,
+    new: Option<u64>,
+) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(index)?;
+    if let Some(until) = old {
+        table.remove((until, key))?;
+    }
+    if let Some(until) = new {
+        table.insert((until, key), ())?;
+    }
+    Ok(())
+}
+
+/// Takes the entries of `index` that expired by `now_ms` out of it: their keys.
+fn take_expired(txn: &WriteTransaction, index: ExpiryIndex, now_ms: u64) -> Result<Vec<String>, redb::Error> {
+    let mut table = txn.open_table(index)?;
+    let mut out = Vec::new();
+    // Expired means `until <= now`, as every reader of these tables decides it.
+    for entry in table.range(..=(now_ms, ID_MAX))? {
+        let (key, _) = entry?;
+        out.push(key.value().1.to_owned());
+    }
+    table.retain_in(..=(now_ms, ID_MAX), |_, _| false)?;
+    Ok(out)
+}
+
+/// Forgets the idempotency keys whose claim or retention ran out by `now_ms`.
+fn purge_keys(txn: &WriteTransaction, now_ms: u64) -> Result<(), redb::Error> {
+    for k in take_expired(txn, KEY_EXPIRY, now_ms)? {
+        txn.open_table(KEYS)?.remove(k.as_str())?;
+        txn.open_table(KEY_BODIES)?.remove(k.as_str())?;
+    }
+    Ok(())
 }
 
 fn forget(txn: &WriteTransaction, id: &str) -> Result<(), redb::Error> {
@@ -422,32 +469,13 @@ impl Embedded {
     pub async fn depth(&self, uuids: &[String], now_ms: u64) -> Result<HashMap<String, Depth>, StoreError> {
         let uuids = uuids.to_vec();
         self.run(move |txn, counts| {
-            let expired: Vec<(u64, String)> = {
-                let table = txn.open_table(EXPIRY)?;
-                let mut out = Vec::new();
-                for entry in table.range(..(now_ms, ""))? {
-                    let (key, _) = entry?;
-                    let (until, id) = key.value();
-                    out.push((until, id.to_owned()));
-                }
-                out
-            };
-            for (until, id) in expired {
-                txn.open_table(EXPIRY)?.remove((until, id.as_str()))?;
+            for id in take_expired(txn, EXPIRY, now_ms)? {
                 forget(txn, &id)?;
             }
-            txn.open_table(REPLAY)?.retain(|_, (until, _)| until > now_ms)?;
-            let mut gone = Vec::new();
-            txn.open_table(KEYS)?.retain(|k, v| {
-                let live = serde_json::from_slice::<KeyRecord>(v).is_ok_and(|r| r.until_ms > now_ms);
-                if !live {
-                    gone.push(k.to_owned());
-                }
-                live
-            })?;
-            for k in gone {
-                txn.open_table(KEY_BODIES)?.remove(k.as_str())?;
+            for key in take_expired(txn, REPLAY_EXPIRY, now_ms)? {
+                txn.open_table(REPLAY)?.remove(key.as_str())?;
             }
+            purge_keys(txn, now_ms)?;
             let cutoff = now_ms.saturating_sub(DEAD_LETTER_KEEP.as_millis() as u64);
             for (id, since_ms) in dead_ids(txn, &uuids, cutoff)? {
                 let Some(r) = read_record(txn, &id)? else { continue };
@@ -469,6 +497,11 @@ impl Embedded {
         .await
     }
 
+    /// See [`super::Outbox::purge_keys`].
+    pub async fn purge_keys(&self, now_ms: u64) -> Result<(), StoreError> {
+        self.run(move |txn, _| purge_keys(txn, now_ms)).await
+    }
+
     /// See [`super::Outbox::claim_key`].
     pub async fn claim_key(
         &self,
@@ -480,7 +513,8 @@ impl Embedded {
     ) -> Result<KeyClaim, StoreError> {
         let (k, fingerprint) = (scoped(uuid, key), fingerprint.to_owned());
         self.run(move |txn, _| {
-            if let Some(r) = read_key(txn, &k)?.filter(|r| r.until_ms > now_ms) {
+            let found = read_key(txn, &k)?;
+            if let Some(r) = found.clone().filter(|r| r.until_ms > now_ms) {
                 return Ok(match r {
                     r if r.fingerprint != fingerprint => KeyClaim::Reused,
                     KeyRecord { answer: Some(mut answer), .. } => {
@@ -491,9 +525,15 @@ impl Embedded {
                     _ => KeyClaim::InProgress,
                 });
             }
+            // Expired (not purged yet): its answer goes with it.
+            let old = found.map(|r| r.until_ms);
+            if old.is_some() {
+                txn.open_table(KEY_BODIES)?.remove(k.as_str())?;
+            }
             let token = uuid::Uuid::new_v4().simple().to_string();
             let until_ms = now_ms + in_flight.as_millis() as u64;
             write_key(txn, &k, &KeyRecord { fingerprint, until_ms, token: Some(token.clone()), answer: None })?;
+            reindex(txn, KEY_EXPIRY, &k, old, Some(until_ms))?;
             Ok(KeyClaim::New(token))
         })
         .await
@@ -516,7 +556,9 @@ impl Embedded {
                 return Ok(()); // its claim expired and another request holds the key now
             }
             txn.open_table(KEY_BODIES)?.insert(k.as_str(), &answer.body[..])?;
-            r.until_ms = now_ms + retention.as_millis() as u64;
+            let until_ms = now_ms + retention.as_millis() as u64;
+            reindex(txn, KEY_EXPIRY, &k, Some(r.until_ms), Some(until_ms))?;
+            r.until_ms = until_ms;
             r.token = None;
             r.answer = Some(answer);
             write_key(txn, &k, &r)
@@ -528,8 +570,9 @@ impl Embedded {
     pub async fn release_key(&self, uuid: &str, key: &str, token: &str) -> Result<(), StoreError> {
         let (k, token) = (scoped(uuid, key), token.to_owned());
         self.run(move |txn, _| {
-            if read_key(txn, &k)?.is_some_and(|r| r.token.as_deref() == Some(token.as_str())) {
+            if let Some(r) = read_key(txn, &k)?.filter(|r| r.token.as_deref() == Some(token.as_str())) {
                 txn.open_table(KEYS)?.remove(k.as_str())?;
+                reindex(txn, KEY_EXPIRY, &k, Some(r.until_ms), None)?;
             }
             Ok(())
         })
@@ -546,14 +589,18 @@ impl Embedded {
     ) -> Result<ReplayState, StoreError> {
         self.run(move |txn, _| {
             let mut table = txn.open_table(REPLAY)?;
+            let mut old = None;
             if let Some(found) = table.get(key.as_str())? {
                 let (until, state) = found.value();
                 if until > now_ms {
                     return Ok(if state == "d" { ReplayState::Delivered } else { ReplayState::InProgress });
                 }
+                old = Some(until);
             }
-            let held = format!("p:{token}");
-            table.insert(key.as_str(), (now_ms + ttl.as_millis() as u64, held.as_str()))?;
+            let (held, until) = (format!("p:{token}"), now_ms + ttl.as_millis() as u64);
+            table.insert(key.as_str(), (until, held.as_str()))?;
+            drop(table);
+            reindex(txn, REPLAY_EXPIRY, &key, old, Some(until))?;
             Ok(ReplayState::Claimed)
         })
         .await
@@ -562,8 +609,9 @@ impl Embedded {
     /// Direct delivery: `key` was delivered; a copy is a duplicate for `keep`.
     pub async fn replay_delivered(&self, key: String, keep: Duration, now_ms: u64) -> Result<(), StoreError> {
         self.run(move |txn, _| {
-            txn.open_table(REPLAY)?.insert(key.as_str(), (now_ms + keep.as_millis() as u64, "d"))?;
-            Ok(())
+            let until = now_ms + keep.as_millis() as u64;
+            let old = txn.open_table(REPLAY)?.insert(key.as_str(), (until, "d"))?.map(|v| v.value().0);
+            reindex(txn, REPLAY_EXPIRY, &key, old, Some(until))
         })
         .await
     }
@@ -572,9 +620,15 @@ impl Embedded {
     pub async fn replay_failed(&self, key: String, token: String) -> Result<(), StoreError> {
         self.run(move |txn, _| {
             let mut table = txn.open_table(REPLAY)?;
-            let ours = table.get(key.as_str())?.is_some_and(|v| v.value().1 == format!("p:{token}"));
-            if ours {
+            let held = format!("p:{token}");
+            let ours = table.get(key.as_str())?.and_then(|v| {
+                let (until, state) = v.value();
+                (state == held).then_some(until)
+            });
+            if let Some(until) = ours {
                 table.remove(key.as_str())?;
+                drop(table);
+                reindex(txn, REPLAY_EXPIRY, &key, Some(until), None)?;
             }
             Ok(())
         })
@@ -616,6 +670,8 @@ fn count(db: &Database) -> Result<Counts, redb::Error> {
         txn.open_table(REPLAY)?;
         txn.open_table(KEYS)?;
         txn.open_table(KEY_BODIES)?;
+        txn.open_table(REPLAY_EXPIRY)?;
+        txn.open_table(KEY_EXPIRY)?;
     }
     txn.commit()?;
     Ok(counts)
@@ -734,6 +790,35 @@ mod tests {
             matches!(s.claim_key("u", "k", "fp", ttl, t0 + 12_004).await.unwrap(), KeyClaim::New(_)),
             "retention over"
         );
+    }
+
+    /// Entries of a table, read in the writer's transaction.
+    async fn rows(s: &Embedded, table: TableDefinition<'static, &'static str, &'static [u8]>) -> u64 {
+        s.run(move |txn, _| Ok(redb::ReadableTableMetadata::len(&txn.open_table(table)?)?)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn expired_keys_and_replay_entries_are_forgotten_through_their_index() {
+        let s = Embedded::in_memory();
+        let (t0, short) = (1_800_000_000_000, Duration::from_secs(1));
+        for i in 0..20 {
+            let k = format!("k{i}");
+            let KeyClaim::New(t) = s.claim_key("u", &k, "fp", short, t0).await.unwrap() else { panic!() };
+            if i % 2 == 0 {
+                s.complete_key("u", &k, &t, &contract::answer(), short, t0).await.unwrap();
+            }
+            s.replay_claim(format!("r{i}"), "t".into(), short, t0).await.unwrap();
+        }
+        s.replay_delivered("r0".into(), Duration::from_secs(60), t0).await.unwrap();
+        assert_eq!((rows(&s, KEYS).await, rows(&s, KEY_BODIES).await), (20, 10));
+        s.purge_keys(t0 + 999).await.unwrap();
+        assert_eq!(rows(&s, KEYS).await, 20, "nothing expired yet");
+        s.purge_keys(t0 + 1_000).await.unwrap();
+        assert_eq!((rows(&s, KEYS).await, rows(&s, KEY_BODIES).await), (0, 0), "answers and claims alike");
+        s.depth(&[], t0 + 1_000).await.unwrap();
+        let replay = s.run(|txn, _| Ok(redb::ReadableTableMetadata::len(&txn.open_table(REPLAY)?)?)).await.unwrap();
+        assert_eq!(replay, 1, "only the delivered one, kept for its window");
+        assert_eq!(s.replay_claim("r0".into(), "t".into(), short, t0 + 1_000).await.unwrap(), ReplayState::Delivered);
     }
 
     #[tokio::test]

@@ -288,8 +288,14 @@ impl Outbox {
         dispatch!(self.release_key(uuid, key, token))
     }
 
-    /// Each tenant's depth (by uuid); forgets delivered ids past their window and dead
-    /// letters past [`DEAD_LETTER_KEEP`] on the way.
+    /// Forgets the idempotency keys whose claim or retention ran out: what a gateway
+    /// without a callback listener (so without [`Self::depth`]'s upkeep) needs.
+    pub async fn purge_keys(&self, now_ms: u64) -> Result<(), StoreError> {
+        dispatch!(self.purge_keys(now_ms))
+    }
+
+    /// Each tenant's depth (by uuid); forgets delivered ids past their window, dead
+    /// letters past [`DEAD_LETTER_KEEP`] and expired idempotency keys on the way.
     pub async fn depth(&self, uuids: &[String], now_ms: u64) -> Result<HashMap<String, Depth>, StoreError> {
         dispatch!(self.depth(uuids, now_ms))
     }

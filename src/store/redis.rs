@@ -383,6 +383,12 @@ impl RedisOutbox {
         })
     }
 
+    /// See [`super::Outbox::purge_keys`]: nothing to do, Redis expires each key itself
+    /// (`PEXPIRE`).
+    pub async fn purge_keys(&self, _now_ms: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// See [`super::Outbox::complete_key`].
     pub async fn complete_key(
         &self,
