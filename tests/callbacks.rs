@@ -39,22 +39,6 @@ fn gateway(r: &TestReceiver) -> Gateway {
     gateway_with(&r.url(), "", "")
 }
 
-/// The four headers NXCloud sends (no `algorithm`), signed over `body` at `ts`.
-fn signed_at(account: Account, body: &[u8], request_id: &str, ts: u64) -> Vec<(String, String)> {
-    let ts = ts.to_string();
-    let sign = refsign::sign(account.digest(), account.secret().as_bytes(), body, &ts, request_id, account.uuid());
-    vec![
-        ("requestID".into(), request_id.into()),
-        ("uuid".into(), account.uuid().into()),
-        ("createTs".into(), ts),
-        ("sign".into(), sign),
-    ]
-}
-
-fn signed(account: Account, body: &[u8], request_id: &str) -> Vec<(String, String)> {
-    signed_at(account, body, request_id, unix_now())
-}
-
 fn send(gw: &Gateway, headers: &[(String, String)], body: &[u8]) -> Response {
     send_to(gw.callbacks[0], PATH, headers, body)
 }

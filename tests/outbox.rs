@@ -97,18 +97,6 @@ fn start(yaml: &str, log: Option<&str>) -> Gateway {
 /// A callback's headers, as sent.
 type Headers = Vec<(String, String)>;
 
-/// The four headers NXCloud sends, signed over `body` now.
-fn signed(account: Account, body: &[u8], request_id: &str) -> Headers {
-    let ts = unix_now().to_string();
-    let sign = refsign::sign(account.digest(), account.secret().as_bytes(), body, &ts, request_id, account.uuid());
-    vec![
-        ("requestID".into(), request_id.into()),
-        ("uuid".into(), account.uuid().into()),
-        ("createTs".into(), ts),
-        ("sign".into(), sign),
-    ]
-}
-
 /// The same, with a sign no tenant secret made.
 fn forged_sign(account: Account, body: &[u8], request_id: &str) -> Headers {
     let mut h = signed(account, body, request_id);

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use nxgate_testkit::refsign::{self, Digest};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -79,16 +78,7 @@ fn rid() -> String {
 
 /// NXCloud's four headers for tenant A (MD5) or B (SHA256).
 fn signed(b_tenant: bool, body: &[u8], request_id: &str) -> Vec<(String, String)> {
-    let (digest, secret, uuid) =
-        if b_tenant { (Digest::Sha256, SECRET_B, UUID_B) } else { (Digest::Md5, SECRET_A, UUID_A) };
-    let ts = unix_now().to_string();
-    let sign = refsign::sign(digest, secret.as_bytes(), body, &ts, request_id, uuid);
-    vec![
-        ("requestID".into(), request_id.into()),
-        ("uuid".into(), uuid.into()),
-        ("createTs".into(), ts),
-        ("sign".into(), sign),
-    ]
+    common::signed(if b_tenant { Account::B } else { Account::A }, body, request_id)
 }
 
 fn send(addr: SocketAddr, headers: &[(String, String)], body: &[u8]) -> Response {

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use nxgate_testkit::refsign::{self, Digest};
 use serde_json::Value;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
@@ -140,18 +139,9 @@ fn gateway_delivering(emu: &Emulator, receiver: &TestReceiver, telemetry: &str, 
 
 /// Posts one signed callback of tenant A with the caller's `traceparent`.
 fn post_callback(gw: &Gateway, request_id: &str, body: &[u8]) -> Response {
-    let ts = unix_now().to_string();
-    let sign = refsign::sign(Digest::Md5, SECRET_A.as_bytes(), body, &ts, request_id, UUID_A);
-    let tp = traceparent(TRACE_ID);
-    let headers = [
-        ("content-type", "application/json"),
-        ("requestID", request_id),
-        ("uuid", UUID_A),
-        ("createTs", ts.as_str()),
-        ("sign", sign.as_str()),
-        ("traceparent", tp.as_str()),
-    ];
-    client::request(gw.callbacks[0], "POST", "/hooks/order", &headers, body).unwrap()
+    let mut headers = signed(Account::A, body, request_id);
+    headers.push(("traceparent".into(), traceparent(TRACE_ID)));
+    send_to(gw.callbacks[0], "/hooks/order", &headers, body)
 }
 
 fn telemetry_block(endpoint: &str) -> String {

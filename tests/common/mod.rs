@@ -43,6 +43,25 @@ pub fn send_to(addr: SocketAddr, path: &str, headers: &[(String, String)], body:
     client::request(addr, "POST", path, &all, body).unwrap()
 }
 
+/// The four headers NXCloud sends with a callback (no `algorithm`), signed by `account`
+/// over `body` at unix time `ts` with the independent reference signer.
+pub fn signed_at(account: Account, body: &[u8], request_id: &str, ts: u64) -> Vec<(String, String)> {
+    let ts = ts.to_string();
+    let secret = account.secret().as_bytes();
+    let sign = nxgate_testkit::refsign::sign(account.digest(), secret, body, &ts, request_id, account.uuid());
+    vec![
+        ("requestID".into(), request_id.into()),
+        ("uuid".into(), account.uuid().into()),
+        ("createTs".into(), ts),
+        ("sign".into(), sign),
+    ]
+}
+
+/// [`signed_at`] now.
+pub fn signed(account: Account, body: &[u8], request_id: &str) -> Vec<(String, String)> {
+    signed_at(account, body, request_id, unix_now())
+}
+
 /// A process's resident set size, KiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn vm_rss_kb(pid: u32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
