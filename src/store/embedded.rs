@@ -113,7 +113,8 @@ impl Counts {
 }
 
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Work = Box<dyn FnOnce(&WriteTransaction, &mut Counts) -> Reply + Send>;
+/// An operation: its reply, and whether it wrote anything.
+type Work = Box<dyn FnOnce(&WriteTransaction, &mut Counts) -> (Reply, bool) + Send>;
 
 /// What a direct delivery finds in the replay memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,17 +220,20 @@ fn take_expired(txn: &WriteTransaction, index: ExpiryIndex, now_ms: u64) -> Resu
         let (key, _) = entry?;
         out.push(key.value().1.to_owned());
     }
-    table.retain_in(..=(now_ms, ID_MAX), |_, _| false)?;
+    if !out.is_empty() {
+        table.retain_in(..=(now_ms, ID_MAX), |_, _| false)?;
+    }
     Ok(out)
 }
 
-/// Forgets the idempotency keys whose claim or retention ran out by `now_ms`.
-fn purge_keys(txn: &WriteTransaction, now_ms: u64) -> Result<(), redb::Error> {
-    for k in take_expired(txn, KEY_EXPIRY, now_ms)? {
+/// Forgets the idempotency keys whose claim or retention ran out by `now_ms`; how many.
+fn purge_keys(txn: &WriteTransaction, now_ms: u64) -> Result<usize, redb::Error> {
+    let expired = take_expired(txn, KEY_EXPIRY, now_ms)?;
+    for k in &expired {
         txn.open_table(KEYS)?.remove(k.as_str())?;
         txn.open_table(KEY_BODIES)?.remove(k.as_str())?;
     }
-    Ok(())
+    Ok(expired.len())
 }
 
 fn forget(txn: &WriteTransaction, id: &str) -> Result<(), redb::Error> {
@@ -278,12 +282,25 @@ impl Embedded {
         &self,
         op: impl FnOnce(&WriteTransaction, &mut Counts) -> Result<T, redb::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.run_checked(move |txn, counts| op(txn, counts).map(|t| (t, true))).await
+    }
+
+    /// [`Self::run`] for an operation that often writes nothing (a poll, a count) and
+    /// says whether it wrote: a batch that wrote nothing is aborted, not committed, so an
+    /// idle gateway's polls cost no disk flush.
+    async fn run_checked<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction, &mut Counts) -> Result<(T, bool), redb::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let work: Work = Box::new(move |txn, counts| {
             let result = op(txn, counts);
-            Box::new(move |committed: Result<(), StoreError>| {
-                let _ = tx.send(committed.and_then(|()| result.map_err(storage)));
-            })
+            // A failed operation may have written part of its work: commit as usual.
+            let wrote = result.as_ref().map_or(true, |(_, wrote)| *wrote);
+            let reply: Reply = Box::new(move |committed: Result<(), StoreError>| {
+                let _ = tx.send(committed.and_then(|()| result.map(|(t, _)| t).map_err(storage)));
+            });
+            (reply, wrote)
         });
         let stopped = || StoreError("embedded store: its writer thread stopped".to_owned());
         self.work.send(work).map_err(|_| stopped())?;
@@ -330,7 +347,7 @@ impl Embedded {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let uuids = uuids.to_vec();
-        self.run(move |txn, _| {
+        self.run_checked(move |txn, _| {
             let due: Vec<(u64, String)> = {
                 let table = txn.open_table(DUE)?;
                 let mut out = Vec::new();
@@ -365,7 +382,8 @@ impl Embedded {
                 let body = txn.open_table(BODIES)?.get(id.as_str())?.map(|b| Bytes::copy_from_slice(b.value()));
                 jobs.push(Job { attempt: r.attempts, callback: r.callback, body: body.unwrap_or_default() });
             }
-            Ok(jobs)
+            let wrote = !jobs.is_empty();
+            Ok((jobs, wrote))
         })
         .await
     }
@@ -424,7 +442,7 @@ impl Embedded {
     /// See [`super::Outbox::dead_letters`].
     pub async fn dead_letters(&self, uuids: &[String]) -> Result<Vec<DeadLetter>, StoreError> {
         let uuids = uuids.to_vec();
-        self.run(move |txn, _| {
+        self.run_checked(move |txn, _| {
             let mut out = Vec::new();
             for (id, _) in dead_ids(txn, &uuids, u64::MAX)? {
                 let Some(r) = read_record(txn, &id)? else { continue };
@@ -438,7 +456,7 @@ impl Embedded {
                 }
             }
             out.sort_by_key(|d| d.since_ms);
-            Ok(out)
+            Ok((out, false))
         })
         .await
     }
@@ -468,16 +486,20 @@ impl Embedded {
     /// and week-old dead letters.
     pub async fn depth(&self, uuids: &[String], now_ms: u64) -> Result<HashMap<String, Depth>, StoreError> {
         let uuids = uuids.to_vec();
-        self.run(move |txn, counts| {
-            for id in take_expired(txn, EXPIRY, now_ms)? {
-                forget(txn, &id)?;
+        self.run_checked(move |txn, counts| {
+            let delivered = take_expired(txn, EXPIRY, now_ms)?;
+            for id in &delivered {
+                forget(txn, id)?;
             }
-            for key in take_expired(txn, REPLAY_EXPIRY, now_ms)? {
+            let replay = take_expired(txn, REPLAY_EXPIRY, now_ms)?;
+            for key in &replay {
                 txn.open_table(REPLAY)?.remove(key.as_str())?;
             }
-            purge_keys(txn, now_ms)?;
+            let keys = purge_keys(txn, now_ms)?;
             let cutoff = now_ms.saturating_sub(DEAD_LETTER_KEEP.as_millis() as u64);
-            for (id, since_ms) in dead_ids(txn, &uuids, cutoff)? {
+            let old_dead = dead_ids(txn, &uuids, cutoff)?;
+            let wrote = !(delivered.is_empty() && replay.is_empty() && keys == 0 && old_dead.is_empty());
+            for (id, since_ms) in old_dead {
                 let Some(r) = read_record(txn, &id)? else { continue };
                 txn.open_table(DEAD)?.remove((r.callback.uuid.as_str(), since_ms, id.as_str()))?;
                 let d = counts.dead(&r.callback.uuid);
@@ -492,14 +514,14 @@ impl Embedded {
                 let (queued, dead) = counts.0.get(uuid).copied().unwrap_or_default();
                 out.insert(uuid.clone(), Depth { queued, oldest_received_ms, dead });
             }
-            Ok(out)
+            Ok((out, wrote))
         })
         .await
     }
 
     /// See [`super::Outbox::purge_keys`].
     pub async fn purge_keys(&self, now_ms: u64) -> Result<(), StoreError> {
-        self.run(move |txn, _| purge_keys(txn, now_ms)).await
+        self.run_checked(move |txn, _| purge_keys(txn, now_ms).map(|n| ((), n > 0))).await
     }
 
     /// See [`super::Outbox::claim_key`].
@@ -699,8 +721,9 @@ fn writer(db: Database, queue: mpsc::Receiver<Work>, mut counts: Counts) {
             }
         };
         let before = counts.clone();
-        let replies: Vec<Reply> = batch.into_iter().map(|w| w(&txn, &mut counts)).collect();
-        let committed = txn.commit().map_err(storage);
+        let (replies, wrote): (Vec<Reply>, Vec<bool>) = batch.into_iter().map(|w| w(&txn, &mut counts)).unzip();
+        let committed =
+            if wrote.contains(&true) { txn.commit().map_err(storage) } else { txn.abort().map_err(storage) };
         if let Err(e) = &committed {
             tracing::error!(error = %e, "the state store cannot commit; the batch's callbacks were refused");
             counts = before;
@@ -819,6 +842,27 @@ mod tests {
         let replay = s.run(|txn, _| Ok(redb::ReadableTableMetadata::len(&txn.open_table(REPLAY)?)?)).await.unwrap();
         assert_eq!(replay, 1, "only the delivered one, kept for its window");
         assert_eq!(s.replay_claim("r0".into(), "t".into(), short, t0 + 1_000).await.unwrap(), ReplayState::Delivered);
+    }
+
+    #[tokio::test]
+    async fn idle_polls_and_counts_leave_the_file_untouched_and_work_is_still_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Embedded::open(dir.path()).unwrap();
+        let file = || std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        let t0 = 1_800_000_000_000;
+        let before = file();
+        for i in 0..20 {
+            assert!(s.take_due(&contract::tenants(), t0 + i, Duration::from_secs(5), 10).await.unwrap().is_empty());
+            s.depth(&contract::tenants(), t0 + i).await.unwrap();
+            s.purge_keys(t0 + i).await.unwrap();
+            assert!(s.dead_letters(&contract::tenants()).await.unwrap().is_empty());
+        }
+        assert!(file() == before, "nothing was written, so nothing was committed");
+        let c = contract::callback(contract::A, "r1", t0);
+        assert_eq!(s.intake(c, Bytes::from_static(b"{}"), Duration::ZERO, 10).await.unwrap(), Intake::Stored);
+        assert!(file() != before, "a write is committed");
+        let taken = s.take_due(&contract::tenants(), t0, Duration::from_secs(5), 10).await.unwrap();
+        assert_eq!(taken.len(), 1, "an aborted batch left the store as it was");
     }
 
     #[tokio::test]
