@@ -8,6 +8,7 @@
 #
 #   bash bench/profile.sh        # after bench/run.sh has built everything (or it builds)
 #   ONLY="nxgate-md5 nxgate-md5-nolog" bash bench/profile.sh   # only these rows
+#   (rows: nginx pingora-passthrough nxgate-md5 nxgate-md5-nolog nxgate-md5-limits)
 #
 # Output: a markdown table on stdout and in $SUMMARY (default bench/results/profile.md,
 # tracked), and the raw callgrind files under $OUT_DIR (default bench/results/raw/profile,
@@ -54,6 +55,10 @@ tenants:
     algorithm: "MD5"
     client_keys_sha256: ["$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"]
 EOF
+# The same tenant with a rate limit and a concurrency cap that never refuse: what admission
+# costs when it is configured (bench/run.sh's nxgate-md5-limits row).
+sed 's/^    client_keys_sha256: .*/&\n    rate_limit: { per_second: 10000000, burst: 10000000 }\n    max_in_flight: 100000/' \
+  "$WORK/gw.yaml" >"$WORK/gw-limits.yaml"
 nginx_conf "$WORK" "$P_PLAIN" "$P_GW" "master_process off;"
 taskset -c 0 "$BIN" emulator --listen "127.0.0.1:$P_PLAIN" --tenant "$UUID=$SECRET" --skip-request-verification >"$WORK/emu-plain.log" 2>&1 &
 PIDS+=($!)
@@ -113,6 +118,7 @@ profile nginx "$NGINX" -e "$WORK/nginx-error.log" -c "$WORK/nginx.conf"
 profile pingora-passthrough "$PASSTHROUGH" "127.0.0.1:$P_GW" "127.0.0.1:$P_PLAIN"
 profile nxgate-md5 "$BIN" run -c "$WORK/gw.yaml"
 RUST_LOG=warn profile nxgate-md5-nolog "$BIN" run -c "$WORK/gw.yaml"
+profile nxgate-md5-limits "$BIN" run -c "$WORK/gw-limits.yaml"
 
 {
 echo "## Instructions and system calls per request ($(date -u +%Y-%m-%dT%H:%M:%SZ))"

@@ -57,6 +57,26 @@ awk -F'\t' -v tck="$CLK_TCK" -v big_idle="$BIG_IDLE_KIB" -v max_req="$MAX_REQ" -
       }
     }' "$BASE.tsv"
 
+if [ -s "$BASE.inflight.tsv" ]; then
+  echo
+  awk -F'\t' -v slow_ms="${SLOW_MS:-?}" '
+    NR == 1 { next }
+    { n++; line[n] = $0; split($0, f, "\t"); if (f[2] == "nginx-lua") peer = (f[10] - f[9]) / f[3] }
+    END {
+      printf "Requests in flight: NXCloud %s ms away (the emulator'"'"'s slow fault on every request), wrk -t1 with that many connections (1 KiB POSTs), so each caller has one request outstanding; RSS (VmRSS over the server'"'"'s processes) sampled every 0.5 s over the measured seconds, the largest sample kept; per request = (that sample - RSS before the load) / conns, covering the caller'"'"'s connection, the request and its upstream connection. Target: at most 20 KiB.\n", slow_ms
+      print ""
+      print "| row | server | conns | req/s | p50 ms | p99 ms | errors | RSS before KiB | RSS in flight (max) KiB | mean KiB | samples | per request KiB | vs nginx-lua | target ≤ 20 KiB |"
+      print "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+      for (i = 1; i <= n; i++) {
+        split(line[i], f, "\t")
+        per = (f[10] - f[9]) / f[3]
+        printf "| %s | %s | %d | %.0f | %.2f | %.2f | %d | %d | %d | %d | %d | %.1f | %s | %s |\n", f[1], f[2], f[3],
+          (f[5] > 0) ? f[4] / (f[5] / 1e6) : 0, f[6] / 1000, f[7] / 1000, f[8], f[9], f[10], f[11], f[12], per,
+          (peer > 0) ? sprintf("%.2f", per / peer) : "-", (per <= 20 && f[4] > 0) ? "met" : "missed"
+      }
+    }' "$BASE.inflight.tsv"
+fi
+
 [ -s "$BASE.idle.tsv" ] || exit 0
 echo
 awk -F'\t' -v flood_secs="${FLOOD_SECS:-?}" -v idle_secs="${IDLE_SECS:-?}" '

@@ -12,7 +12,9 @@
 # OUT=bench/results/latest.md, KEEP=0 (1 = keep the temp dir with configs and logs),
 # NXGATE_BIN= PASSTHROUGH_BIN= (both set: use these prebuilt binaries, no cargo build),
 # IDLE=1 (0 = skip the idle-connection and flood rows), IDLE_CONNS=5000, FLOOD_CONNS=3000,
-# FLOOD_SECS=10, SETTLE_SECS=60 (how long after its flood each server's RSS is read).
+# FLOOD_SECS=10, SETTLE_SECS=60 (how long after its flood each server's RSS is read),
+# INFLIGHT=1 (0 = skip the in-flight rows), INFLIGHT_CONNS=1000, SLOW_MS=100 (the slow
+# upstream's delay). CONNS="" BIG=0 runs only the memory sections.
 #
 # Everything listens on 127.0.0.1 (free ports picked at start), every wrk run is bounded by
 # -d, and every process started here is stopped on exit.
@@ -22,7 +24,7 @@ ROOT=$PWD
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
-CONNS=${CONNS:-"1 16 128"}
+CONNS=${CONNS-"1 16 128"}
 PIN=${PIN:-1}
 LOADGEN_CPUS=${LOADGEN_CPUS:-0}
 UPSTREAM_CPUS=${UPSTREAM_CPUS:-0}
@@ -39,6 +41,9 @@ IDLE_CONNS=${IDLE_CONNS:-5000}
 FLOOD_CONNS=${FLOOD_CONNS:-3000}
 FLOOD_SECS=${FLOOD_SECS:-10}
 SETTLE_SECS=${SETTLE_SECS:-60}
+INFLIGHT=${INFLIGHT:-1}
+INFLIGHT_CONNS=${INFLIGHT_CONNS:-1000}
+SLOW_MS=${SLOW_MS:-100}
 # The idle and flood rows hold thousands of sockets (wrk, the gateways and the emulators
 # inherit this): 65536 where the hard limit may be raised (root with CAP_SYS_RESOURCE),
 # else the hard limit.
@@ -86,14 +91,14 @@ KEY_LIM=bench-client-key-limits
 digest() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
 
 for v in P_EMU_PLAIN P_EMU P_NGINX P_LUA P_PT P_NOLOG A_NOLOG P_MD5 P_SHA P_LIM P_BIG A_MD5 A_SHA A_LIM A_BIG \
-  P_NGINX_IDLE P_LUA_IDLE P_GW_IDLE A_GW_IDLE; do free_port "$v"; done
+  P_NGINX_IDLE P_LUA_IDLE P_GW_IDLE A_GW_IDLE P_EMU_SLOW P_LUA_SLOW P_GW_SLOW A_GW_SLOW; do free_port "$v"; done
 
 # ---------------------------------------------------------------- configs
-gateway_config() { # name port admin_port uuid secret_env algorithm key extra_tenant_yaml limits_yaml
+gateway_config() { # name port admin_port uuid secret_env algorithm key extra_tenant_yaml limits_yaml [upstream_port]
   cat >"$WORK/$1.yaml" <<EOF
 listen: ["127.0.0.1:$2"]
 upstream:
-  url: "http://127.0.0.1:$P_EMU"
+  url: "http://127.0.0.1:${10:-$P_EMU}"
 admin_listen: "127.0.0.1:$3"
 shutdown_grace_secs: 1
 ${9:-}
@@ -197,6 +202,7 @@ ticks() { # utime+stime (clock ticks) summed over PIDs
   echo "$t"
 }
 hwm_kib() { local p s=0 v; for p in "$@"; do v=$(awk '/^VmHWM/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0); s=$((s + ${v:-0})); done; echo "$s"; }
+rss_kib() { local p s=0 v; for p in "$@"; do v=$(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0); s=$((s + ${v:-0})); done; echo "$s"; }
 reset_hwm() { local p; for p in "$@"; do echo 5 >"/proc/$p/clear_refs" 2>/dev/null || true; done; }
 truncate_logs() { local f; for f in "$WORK"/*.log; do : >"$f"; done; }
 CLK_TCK=$(getconf CLK_TCK)
@@ -253,6 +259,63 @@ if [ "$BIG" = 1 ]; then
     measure nxgate-md5-1MiB "$c" "$BIG_BYTES" "$URL_BIG" "$KEY_MD5" "$PID_gw_big" "$PID_emu"
   done
 fi
+
+# ---------------------------------------------------------------- requests in flight
+# Memory per request in flight: NXCloud SLOW_MS away (the emulator's `slow` fault on every
+# request), INFLIGHT_CONNS callers each with one request outstanding, for the nginx-lua peer
+# and nxgate-md5. Fresh instances against their own slow emulator, the others stopped; RSS
+# (VmRSS over the server's processes) sampled every 0.5 s over the measured seconds, the
+# largest sample kept. Per request = (that sample - RSS before the load) / INFLIGHT_CONNS:
+# the caller's connection, the request, and the upstream connection it holds.
+INFLIGHT_RAW="$WORK/inflight.tsv"
+printf 'row\tserver\tconns\trequests\tduration_us\tp50_us\tp99_us\terrors\tidle_kib\tmax_kib\tmean_kib\tsamples\n' >"$INFLIGHT_RAW"
+if [ "$INFLIGHT" = 1 ]; then
+  echo "requests in flight ($INFLIGHT_CONNS callers, upstream ${SLOW_MS} ms away)..." >&2
+  kill "$PID_gw_md5" "$PID_gw_sha256" "$PID_gw_limits" "$PID_gw_nolog" "$PID_nginx" "$PID_nginx_lua" \
+    "$PID_passthrough" ${PID_gw_big:+"$PID_gw_big"} 2>/dev/null || true
+  mkdir -p "$WORK/inflight"
+  IF_WCONN=$((2 * INFLIGHT_CONNS + 1024))
+  nginx_lua_conf "$WORK/inflight" "$P_EMU_SLOW" "$P_LUA_SLOW" "$UUID_MD5" BENCH_SECRET_MD5 "$KEY_MD5" \
+    "worker_rlimit_nofile $((2 * IF_WCONN));" "$IF_WCONN"
+  [ "$PIN" = 1 ] || sed -i 's/^worker_processes 1;/worker_processes auto;/' "$WORK/inflight/nginx-lua.conf"
+  gateway_config inflight "$P_GW_SLOW" "$A_GW_SLOW" "$UUID_MD5" BENCH_SECRET_MD5 MD5 "$KEY_MD5" "" "" "$P_EMU_SLOW"
+  start emu-slow "$UPSTREAM_CPUS" "$BIN" emulator --listen "127.0.0.1:$P_EMU_SLOW" \
+    --tenant "$UUID_MD5=$SECRET_MD5" --fault slow --slow-ms "$SLOW_MS"
+  start inflight-nginx-lua "$GATEWAY_CPUS" "$NGINX" -e "$WORK/inflight/nginx-lua-error.log" -c "$WORK/inflight/nginx-lua.conf"
+  start inflight-gw "$GATEWAY_CPUS" "$BIN" run -c "$WORK/inflight.yaml"
+  declare -A IF_URL=([nginx-lua]=http://127.0.0.1:$P_LUA_SLOW$PATH_ [nxgate-md5]=http://127.0.0.1:$P_GW_SLOW$PATH_)
+  for s in nginx-lua nxgate-md5; do wait_ready "${IF_URL[$s]}" "$KEY_MD5"; done
+  declare -A IF_PIDS=([nginx-lua]="$(with_children "$PID_inflight_nginx_lua")" [nxgate-md5]=$PID_inflight_gw)
+  sleep 1
+  inflight_row() { # server
+    local name=$1 url=${IF_URL[$1]} pids=${IF_PIDS[$1]} idle res out="$WORK/inflight-$1.out" wpid
+    local t_end max=0 sum=0 n=0 r
+    echo "  inflight-$INFLIGHT_CONNS, $name..." >&2
+    check "$url" "$KEY_MD5" || { echo "sanity check failed for inflight $name ($url)" >&2; exit 1; }
+    idle=$(rss_kib $pids)
+    BODY_BYTES=1024 CLIENT_KEY=$KEY_MD5 pin "$LOADGEN_CPUS" wrk -t1 -c"$INFLIGHT_CONNS" -d"$((WARMUP + DURATION))s" \
+      --timeout 10s -s "$ROOT/bench/post.lua" "$url" >"$out" &
+    wpid=$!
+    PIDS+=("$wpid")
+    sleep "$WARMUP"
+    t_end=$((SECONDS + DURATION))
+    while [ "$SECONDS" -lt "$t_end" ] && kill -0 "$wpid" 2>/dev/null; do
+      r=$(rss_kib $pids); n=$((n + 1)); sum=$((sum + r)); [ "$r" -gt "$max" ] && max=$r
+      sleep 0.5
+    done
+    wait "$wpid" || true
+    res=$(grep '^RESULT' "$out")
+    v() { tr ' ' '\n' <<<"$res" | awk -F= -v k="$1" '$1 == k {print $2}'; }
+    local errors=$(( $(v err_connect) + $(v err_read) + $(v err_write) + $(v err_status) + $(v err_timeout) ))
+    printf 'inflight-%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$INFLIGHT_CONNS" "$name" "$INFLIGHT_CONNS" \
+      "$(v requests)" "$(v duration_us)" "$(v p50_us)" "$(v p99_us)" "$errors" "$idle" "$max" "$((n > 0 ? sum / n : 0))" "$n" \
+      >>"$INFLIGHT_RAW"
+    check "$url" "$KEY_MD5" || { echo "sanity check failed after inflight $name ($url)" >&2; exit 1; }
+    truncate_logs
+  }
+  for s in nginx-lua nxgate-md5; do inflight_row "$s"; done
+  kill "$PID_inflight_nginx_lua" "$PID_inflight_gw" "$PID_emu_slow" 2>/dev/null || true
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- idle connections and flood
@@ -266,7 +329,6 @@ IDLE_RAW="$WORK/idle.tsv"
 # flood rows: ok = requests, loaded = peak (VmHWM), before = RSS just before the flood,
 # after = RSS waited_s seconds after it.
 printf 'row\tserver\tconns\tok\terrors\tidle_kib\tloaded_kib\tafter_kib\twaited_s\tbefore_kib\n' >"$IDLE_RAW"
-rss_kib() { local p s=0 v; for p in "$@"; do v=$(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0); s=$((s + ${v:-0})); done; echo "$s"; }
 declare -A SRV_URL=() SRV_KEY=() SRV_PIDS=() SRV_IDLE=() FLOOD_END=() FLOOD_LINE=() FLOOD_BEFORE=()
 idle_row() { # server: open IDLE_CONNS keep-alive connections, one request each, and hold them
   local name=$1 url=${SRV_URL[$1]} key=${SRV_KEY[$1]} pids=${SRV_PIDS[$1]}
@@ -362,13 +424,15 @@ IDLE_SECS=$((SECONDS - IDLE_STARTED))
 mkdir -p "$(dirname "$OUT")"
 BASE=${OUT%.md}
 cp "$RAW" "$BASE.tsv"
+rm -f "$BASE.inflight.tsv"
+if [ "$INFLIGHT" = 1 ]; then cp "$INFLIGHT_RAW" "$BASE.inflight.tsv"; fi
 rm -f "$BASE.idle.tsv"
 if [ "$IDLE" = 1 ]; then cp "$IDLE_RAW" "$BASE.idle.tsv"; fi
 # CONN_BUF: the fixed per-request buffers besides the two bodies: Pingora's two of 64 KiB
 # (the request and upstream response body readers' BODY_BUFFER_SIZE) and nxgate's 16 KiB
 # write gathering (net::downstream::WRITE_COALESCE_BYTES); the listeners' L4 buffers are off.
-printf 'CLK_TCK=%s\nBIG_IDLE_KIB=%s\nMAX_REQ=%s\nMAX_RESP=%s\nCONN_BUF=147456\nFLOOD_SECS=%s\nSETTLE_SECS=%s\nIDLE_SECS=%s\n' \
-  "$CLK_TCK" "$BIG_IDLE_KIB" "$MAX_REQ" "$MAX_RESP" "$FLOOD_SECS" "$SETTLE_SECS" "$IDLE_SECS" >"$BASE.env"
+printf 'CLK_TCK=%s\nBIG_IDLE_KIB=%s\nMAX_REQ=%s\nMAX_RESP=%s\nCONN_BUF=147456\nFLOOD_SECS=%s\nSETTLE_SECS=%s\nIDLE_SECS=%s\nSLOW_MS=%s\n' \
+  "$CLK_TCK" "$BIG_IDLE_KIB" "$MAX_REQ" "$MAX_RESP" "$FLOOD_SECS" "$SETTLE_SECS" "$IDLE_SECS" "$SLOW_MS" >"$BASE.env"
 {
   echo "## nxgate benchmark run, $STARTED"
   echo

@@ -7,7 +7,9 @@ use nxgate::process::logging;
 use nxgate::server::StartMode;
 
 /// jemalloc, with background purging: memory freed after a burst of connections goes back to
-/// the system within seconds, where glibc's malloc keeps the peak (BENCHMARKS.md).
+/// the system within seconds, where glibc's malloc keeps the peak (BENCHMARKS.md). The
+/// `system-allocator` feature leaves it out, for heap profilers that see only malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -72,13 +72,6 @@ fn ping(data: &str) -> Vec<u8> {
     client::encode("POST", "/callcentre/api/v3/ping", &headers, format!(r#"{{"data":"{data}"}}"#).as_bytes())
 }
 
-/// This process's soft limit on open files (the gateway inherits it).
-fn open_files_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
-    line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
-}
-
 /// How a connection ended: after how long (from its connect), and with how many bytes from
 /// the gateway; `None` if it was still open at the limit.
 type Ended = Option<(Duration, usize)>;

@@ -62,6 +62,13 @@ pub fn signed(account: Account, body: &[u8], request_id: &str) -> Vec<(String, S
     signed_at(account, body, request_id, unix_now())
 }
 
+/// This process's soft limit on open files (the gateway inherits it).
+pub fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
 /// A process's resident set size, KiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn vm_rss_kb(pid: u32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

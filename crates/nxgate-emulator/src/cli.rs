@@ -42,6 +42,10 @@ pub struct EmulatorArgs {
     /// http_429 (see docs/emulator.md for the list).
     #[arg(long)]
     pub fault: Option<String>,
+    /// How long `slow` waits when a request has no x-emulator-delay-ms header (default 5000):
+    /// with --fault slow, an upstream that far away (the benchmark's in-flight row).
+    #[arg(long, value_name = "MS")]
+    pub slow_ms: Option<u64>,
     /// Do not check request signatures (only for the benchmark's direct row).
     #[arg(long)]
     pub skip_request_verification: bool,
@@ -144,6 +148,7 @@ pub fn config_from_args(args: &EmulatorArgs) -> Result<EmulatorConfig, String> {
     }
     let mut cfg = EmulatorConfig {
         skip_request_verification: args.skip_request_verification,
+        slow_ms: args.slow_ms,
         seed: args.seed,
         time_scale: args.time_scale,
         gzip_sign: args.gzip_sign.parse::<GzipSign>()?,

@@ -102,6 +102,8 @@ pub struct EmulatorConfig {
     pub fault: Option<Fault>,
     /// Answer every request busy / in maintenance / 429 (when `fault` is `None`).
     pub vendor_fault: Option<VendorFault>,
+    /// Delay of `slow` when a request gives no `x-emulator-delay-ms` (`None`: 5 s).
+    pub slow_ms: Option<u64>,
     /// Seed of the call outcomes and ids: the same seed and requests give the same calls.
     pub seed: u64,
     /// Simulated seconds per wall-clock second; 0 (the default here) freezes the clock
@@ -318,7 +320,7 @@ async fn respond(emu: &Arc<Emulator>, req: &Request) -> Response {
     // Before the signature check: a broken or rate-limiting front stalls or answers without
     // looking at the request.
     match fault {
-        Some(Misbehaviour::Defect(Fault::Slow)) => slow(req).await,
+        Some(Misbehaviour::Defect(Fault::Slow)) => slow(req, emu.cfg.slow_ms).await,
         Some(Misbehaviour::Defect(Fault::Garbage)) => return garbage(),
         Some(Misbehaviour::Defect(Fault::Unsigned500)) => return unsigned_500(&x),
         Some(Misbehaviour::Vendor(VendorFault::Http429)) => return http_429(&x),
@@ -367,9 +369,11 @@ impl<'a> Exchange<'a> {
     }
 }
 
-/// `slow`: waits `x-emulator-delay-ms`, then answers as if nothing happened.
-async fn slow(req: &Request) {
-    let ms = req.header_str(DELAY_HEADER).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SLOW_MS);
+/// `slow`: waits `x-emulator-delay-ms` (else the configured delay), then answers as if
+/// nothing happened.
+async fn slow(req: &Request, configured_ms: Option<u64>) {
+    let ms =
+        req.header_str(DELAY_HEADER).and_then(|v| v.parse().ok()).unwrap_or(configured_ms.unwrap_or(DEFAULT_SLOW_MS));
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 

@@ -266,3 +266,19 @@ fn skip_request_verification_accepts_unsigned_requests() {
     let r = emu.raw("/callcentre/api/v3/ping", &[], br#"{"data":"unchecked"}"#);
     assert_eq!(r.try_json().unwrap()["data"], "unchecked");
 }
+
+#[test]
+fn slow_ms_sets_the_delay_of_a_standing_slow_fault() {
+    let emu = Emu::with(EmulatorConfig { fault: Some(Fault::Slow), slow_ms: Some(300), ..config() });
+    let (ts, id) = (now_secs(), new_request_id());
+    let body = br#"{"data":"x"}"#;
+    let sign = refsign::sign(Digest::Md5, SECRET.as_bytes(), body, &ts, &id, UUID);
+    let headers = [("requestID", id.as_str()), ("uuid", UUID), ("createTs", ts.as_str()), ("sign", sign.as_str())];
+    let started = std::time::Instant::now();
+    let r = client::request(emu.addr, "POST", "/callcentre/api/v3/ping", &headers, body).unwrap();
+    let waited = started.elapsed();
+    assert_answer_signed(&r, SECRET, &id, UUID);
+    // At least the configured 300 ms, and nowhere near the 5 s the fault waits by default.
+    assert!(waited >= std::time::Duration::from_millis(300), "{waited:?}");
+    assert!(waited < std::time::Duration::from_millis(4_000), "{waited:?}");
+}

@@ -229,9 +229,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let peer_addr = io.peer_addr();
+                    // Boxed, and made before the task: the task then holds neither the
+                    // handshake future (a TLS handshake inline, several KiB) nor the stream it
+                    // consumes, only a pointer freed once the handshake is done. Inline, both
+                    // would size the task for the connection's whole life, plain TCP included.
+                    let handshake = Box::pin(io.handshake());
                     current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        match timeout(Duration::from_secs(60), handshake).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
