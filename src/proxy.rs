@@ -113,11 +113,12 @@ impl Flow for Proxy {
     }
 
     fn decorate(&self, ctx: &ProxyCtx, reply: &mut Reply) {
-        if let Some(state) = &ctx.rate_state {
-            let h = &mut reply.header;
-            h.insert_header("RateLimit-Policy", admission::policy_header(&state.limit)).expect("ascii");
-            h.insert_header("RateLimit", admission::state_header(state)).expect("ascii");
+        let (Some(state), Some(record)) = (&ctx.rate_state, ctx.at.record()) else { return };
+        let h = &mut reply.header;
+        if let Some(policy) = record.admission.policy() {
+            h.insert_header("RateLimit-Policy", policy.clone()).expect("a valid value");
         }
+        h.insert_header("RateLimit", admission::state_header(state)).expect("a valid value");
     }
 
     fn settle<'a>(&'a self, ctx: &'a mut ProxyCtx, reply: &'a Reply) -> Option<Settling<'a>> {
@@ -274,10 +275,12 @@ async fn handle(session: &mut ServerSession, req: &mut Request, ctx: &mut ProxyC
     // spend no rate-limit token.
     let mut read = None;
     if let Some(key) = key {
-        let body = body::read_body(session, limit, declared).await?;
+        let body = Box::pin(body::read_body(session, limit, declared)).await?;
         req.bytes_in = body.len();
         let (body, decoded) = decode_body(&g.config, session.req_header(), body)?;
-        if let Some(answer) = claim_key(&g, record, ctx, key, session.req_header(), &target, &body).await? {
+        // Boxed: the store's future would otherwise size this one for every request.
+        let claimed = Box::pin(claim_key(&g, record, ctx, key, session.req_header(), &target, &body)).await?;
+        if let Some(answer) = claimed {
             return Ok(replay(answer));
         }
         read = Some((body, decoded));
@@ -295,14 +298,16 @@ async fn handle(session: &mut ServerSession, req: &mut Request, ctx: &mut ProxyC
         // A limited caller retries: read its body (bounded as always) so its keep-alive
         // connection survives the 429 instead of being closed with an unread body.
         if read.is_none() && !body::expects_continue(session) {
-            let _ = body::read_body(session, limit, declared).await;
+            let _ = Box::pin(body::read_body(session, limit, declared)).await;
         }
         return Err(refused);
     }
     let (body, decoded) = match read {
         Some(read) => read,
         None => {
-            let body = body::read_body(session, limit, declared).await?;
+            // Boxed, as above: the body read (Pingora's, every protocol's path inline) is
+            // over before the exchange, which should not carry its size.
+            let body = Box::pin(body::read_body(session, limit, declared)).await?;
             req.bytes_in = body.len();
             decode_body(&g.config, session.req_header(), body)?
         }

@@ -198,7 +198,9 @@ impl Upstream {
             let failure = match exchange(&mut session, header(), body, max_body, written).await {
                 Ok(response) => {
                     if let HttpSession::H1(h1) = session {
-                        self.connector.release_http_session(h1, peer, peer.idle_timeout()).await;
+                        // Boxed: Pingora's release future (about 2 KiB) would otherwise size this
+                        // one, held for as long as the request waits on NXCloud.
+                        Box::pin(self.connector.release_http_session(h1, peer, peer.idle_timeout())).await;
                     }
                     return Ok(response);
                 }

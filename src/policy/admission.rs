@@ -16,9 +16,11 @@
 //! in-flight counter always carries over), so a reload never hands out a fresh burst.
 //! The concurrency cap (`max_in_flight`) is always local: it protects this process.
 
+use bytes::BytesMut;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{clock::DefaultClock, Quota};
+use http::HeaderValue;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -58,15 +60,27 @@ pub enum RateDecision {
 
 /// `RateLimit-Policy` value (draft-ietf-httpapi-ratelimit-headers): a quota of `burst`
 /// requests per window `w`, the seconds the sustained rate needs to refill the burst.
-pub fn policy_header(limit: &RateLimit) -> String {
+/// Made once per tenant and config generation ([`TenantAdmission::policy`]).
+pub fn policy_header(limit: &RateLimit) -> HeaderValue {
     let window = limit.burst.div_ceil(limit.per_second).max(1);
-    format!("\"tenant\";q={};w={}", limit.burst, window)
+    HeaderValue::try_from(format!("\"tenant\";q={};w={}", limit.burst, window)).expect("ASCII digits")
 }
 
-/// `RateLimit` value: remaining quota `r` and seconds `t` until it is full again.
-pub fn state_header(state: &RateState) -> String {
-    format!("\"tenant\";r={};t={}", state.remaining, ceil_secs(state.reset))
+/// `RateLimit` value: remaining quota `r` and seconds `t` until it is full again. Per
+/// request, so written with `itoa` into one buffer: `format!` cost more than the limiter.
+pub fn state_header(state: &RateState) -> HeaderValue {
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (r, t) = (r.format(state.remaining), t.format(ceil_secs(state.reset)));
+    let mut v = BytesMut::with_capacity(STATE_PREFIX.len() + r.len() + 3 + t.len());
+    v.extend_from_slice(STATE_PREFIX);
+    v.extend_from_slice(r.as_bytes());
+    v.extend_from_slice(b";t=");
+    v.extend_from_slice(t.as_bytes());
+    HeaderValue::from_maybe_shared(v.freeze()).expect("ASCII digits")
 }
+
+/// What every `RateLimit` value starts with.
+const STATE_PREFIX: &[u8] = b"\"tenant\";r=";
 
 /// Whole seconds, rounded up (Retry-After and `t=` take integers).
 pub fn ceil_secs(d: Duration) -> u64 {
@@ -141,6 +155,8 @@ impl LocalLimiter {
 /// One tenant's admission state: part of its per-tenant record, carried across reloads.
 pub struct TenantAdmission {
     limit: Option<RateLimit>,
+    /// The `RateLimit-Policy` value of `limit`.
+    policy: Option<HeaderValue>,
     local: Option<Arc<LocalLimiter>>,
     max_in_flight: Option<u32>,
     in_flight: Arc<InFlightCounter>,
@@ -159,11 +175,17 @@ impl TenantAdmission {
         });
         TenantAdmission {
             limit: t.rate_limit,
+            policy: t.rate_limit.as_ref().map(policy_header),
             local,
             max_in_flight: t.max_in_flight,
             in_flight: previous.map(|p| p.in_flight.clone()).unwrap_or_default(),
             redis_key: rates.redis.as_ref().map(|r| r.key(&t.uuid)),
         }
+    }
+
+    /// The `RateLimit-Policy` header value, for a tenant with a rate limit.
+    pub fn policy(&self) -> Option<&HeaderValue> {
+        self.policy.as_ref()
     }
 
     /// Takes an in-flight slot, or `None` if the tenant is at `max_in_flight`.
@@ -296,6 +318,10 @@ mod tests {
         assert_eq!(policy_header(&limit(100, 10)), "\"tenant\";q=10;w=1");
         let s = RateState { limit: l, remaining: 7, reset: Duration::from_millis(1500) };
         assert_eq!(state_header(&s), "\"tenant\";r=7;t=2");
+        let s = RateState { limit: l, remaining: u32::MAX, reset: Duration::ZERO };
+        assert_eq!(state_header(&s), "\"tenant\";r=4294967295;t=0");
+        let s = RateState { limit: l, remaining: 0, reset: Duration::from_secs(86_400) };
+        assert_eq!(state_header(&s), "\"tenant\";r=0;t=86400");
         assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
         assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
         assert_eq!(ceil_secs(Duration::ZERO), 0);
