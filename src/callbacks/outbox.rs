@@ -148,7 +148,7 @@ async fn attempt(g: &Generation, job: Job) {
     ) {
         Err(e) => (AttemptResult::Unreachable, format!("cannot build the delivery: {e}"), None),
         Ok(header) => {
-            let build = || header.clone();
+            let build = || Box::new(header.clone());
             match receiver.send(build, &job.body, g.config.max_response_body_bytes, Idempotency::NotIdempotent).await {
                 Ok(r) if r.header.status.is_success() => {
                     (AttemptResult::Delivered, String::new(), Some(r.header.status.as_u16()))

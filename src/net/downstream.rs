@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use nxgate_core::clock::now_unix_ms;
 use nxgate_core::errors::{ErrorResponse, GatewayError};
@@ -124,8 +124,9 @@ pub struct GuardedStream {
     inner: Stream,
     timeout: Duration,
     phase: Phase,
-    /// Fires at the header deadline; only polled in `Phase::Header`.
-    deadline: Pin<Box<Sleep>>,
+    /// Fires at the header deadline; only in `Phase::Header` (an idle connection holds no
+    /// timer: it is made when a header starts and dropped once the header is in).
+    deadline: Option<Pin<Box<Sleep>>>,
     header_end: HeaderEnd,
     /// Bytes of the current header received so far (pending ones included).
     header_bytes: usize,
@@ -152,7 +153,7 @@ impl GuardedStream {
             inner,
             timeout,
             phase: Phase::Header,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             header_end: HeaderEnd::default(),
             header_bytes: 0,
             peeked: BytesMut::new(),
@@ -193,7 +194,7 @@ impl GuardedStream {
 
     /// Reads from the socket, failing with `TimedOut` once a header's deadline has passed.
     fn poll_read_raw(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.phase == Phase::Header && self.deadline.as_mut().poll(cx).is_ready() {
+        if self.phase == Phase::Header && self.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
             return Poll::Ready(Err(self.expire(cx)));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -238,14 +239,14 @@ impl GuardedStream {
         if self.phase == Phase::Answered {
             self.phase = Phase::Header;
             self.header_bytes = 0;
-            let at = Instant::now() + self.timeout;
-            self.deadline.as_mut().reset(at);
+            self.deadline = Some(Box::pin(tokio::time::sleep(self.timeout)));
         }
         if self.phase == Phase::Header {
             match self.header_end.feed(bytes) {
                 Some(n) => {
                     self.header_bytes += n;
                     self.phase = Phase::Request;
+                    self.deadline = None;
                 }
                 None => self.header_bytes += bytes.len(),
             }
@@ -469,6 +470,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::time::Instant;
 
     fn end_of(chunks: &[&[u8]]) -> Option<(usize, usize)> {
         let mut h = HeaderEnd::default();

@@ -186,8 +186,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
             tracing::debug!(target: "nxgate::edge", "connection cap reached; closing the connection");
             return None;
         };
+        // The handshake is boxed while it runs: inline, its state (the L4 stream, the deadline
+        // timer) would size this future, which lives as long as the connection.
         let mut stream = match &self.tls {
-            Some(acceptor) => self.handshake(acceptor, stream).await?,
+            Some(acceptor) => Box::pin(self.handshake(acceptor, stream)).await?,
             None => stream,
         };
         // Pingora's own loop (`Service::handle_event`), run here so the slot is held for

@@ -140,11 +140,13 @@ impl Upstream {
     /// `header` is called once per attempt and must return every header to send, including
     /// `Content-Length`, the same each time. The session consumes the header it writes, so
     /// the common single attempt builds one and copies none; only a retry builds a second.
+    /// Boxed, as Pingora takes it: the futures waiting on the answer hold a pointer, not
+    /// the header.
     /// `idempotency` says whether the request may be sent again once it was written (see
     /// `nxgate_core::replay`).
     pub async fn send(
         &self,
-        header: impl FnMut() -> RequestHeader,
+        header: impl FnMut() -> Box<RequestHeader>,
         body: &Bytes,
         max_body: usize,
         idempotency: Idempotency,
@@ -157,7 +159,7 @@ impl Upstream {
     /// outcome, a total timeout included.
     pub async fn send_tracked(
         &self,
-        header: impl FnMut() -> RequestHeader,
+        header: impl FnMut() -> Box<RequestHeader>,
         body: &Bytes,
         max_body: usize,
         idempotency: Idempotency,
@@ -172,7 +174,7 @@ impl Upstream {
 
     async fn send_with_retry(
         &self,
-        mut header: impl FnMut() -> RequestHeader,
+        mut header: impl FnMut() -> Box<RequestHeader>,
         body: &Bytes,
         max_body: usize,
         idempotency: Idempotency,
@@ -299,7 +301,7 @@ fn set_cork(fd: std::os::fd::RawFd, on: bool) -> bool {
 /// One request/response on an established session.
 async fn exchange(
     s: &mut HttpSession,
-    header: RequestHeader,
+    header: Box<RequestHeader>,
     body: &Bytes,
     max_body: usize,
     written: &mut bool,
@@ -315,7 +317,7 @@ async fn exchange(
     {
         // Header and body leave as one segment: the server is woken once, not twice.
         let _cork = Cork::new(s);
-        s.write_request_header(Box::new(header)).await.map_err(fail(AttemptStage::BeforeWrite))?;
+        s.write_request_header(header).await.map_err(fail(AttemptStage::BeforeWrite))?;
         *written = true;
         if !body.is_empty() {
             s.write_request_body(body.clone(), true).await.map_err(fail(AttemptStage::Sending))?;
@@ -473,13 +475,13 @@ mod tests {
     }
 
     /// A header builder for `POST /x` with a 2-byte body that counts how often it is called.
-    fn counted_header<'a>(up: &'a Upstream, built: &'a AtomicUsize) -> impl FnMut() -> RequestHeader + Copy + 'a {
+    fn counted_header<'a>(up: &'a Upstream, built: &'a AtomicUsize) -> impl FnMut() -> Box<RequestHeader> + Copy + 'a {
         move || {
             built.fetch_add(1, Ordering::SeqCst);
             let mut h = RequestHeader::build("POST", b"/x", None).unwrap();
             h.insert_header(http::header::HOST, up.authority()).unwrap();
             h.insert_header(http::header::CONTENT_LENGTH, "2").unwrap();
-            h
+            Box::new(h)
         }
     }
 

@@ -136,7 +136,7 @@ impl CallbackRuntime {
             Claim::InProgress => return Err(GatewayError::CallbackInProgress),
         };
         // Called again only if the header write itself failed (nothing was sent).
-        let build = || header.clone();
+        let build = || Box::new(header.clone());
         let started = Instant::now();
         // Never sent twice once written: if the receiver may have taken it, the caller (NXCloud)
         // gets 502 and retries with the same requestID, which the replay memory lets through

@@ -150,11 +150,13 @@ pub async fn signed_exchange(
     let signed = sign(tenant, request_id, now_unix().as_secs(), body);
     // Built here first so a header that cannot be built is refused before anything is sent;
     // a retry rebuilds it from the same inputs, which therefore cannot fail then.
-    let mut first = Some(upstream_request(g.upstream.authority(), out, &signed, body.len())?);
+    let mut first = Some(Box::new(upstream_request(g.upstream.authority(), out, &signed, body.len())?));
     let header = || {
         first.take().unwrap_or_else(|| {
-            upstream_request(g.upstream.authority(), out, &signed, body.len())
-                .expect("built from these same inputs once already")
+            Box::new(
+                upstream_request(g.upstream.authority(), out, &signed, body.len())
+                    .expect("built from these same inputs once already"),
+            )
         })
     };
 

@@ -362,6 +362,15 @@ impl HttpSession {
                             _ => Version::HTTP_09,
                         });
 
+                        // A small request read into the initial buffer would keep all of it for
+                        // the request's life: the header values and the pre-read body below are
+                        // slices of it. Copied into an allocation of its own size, the buffer
+                        // goes back now, and a request that waits (on a slow upstream, say)
+                        // holds what it read, not INIT_HEADER_BUF_SIZE.
+                        if buf.capacity() >= 2 * buf.len() {
+                            buf = BytesMut::from(&buf[..]);
+                        }
+
                         // Detach bytes beyond the header in O(1). Keeping them as owned BytesMut
                         // allows body parsing and subsequent pipelined sessions to continue
                         // splitting the same allocation instead of copying the shrinking suffix.
