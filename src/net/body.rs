@@ -78,18 +78,32 @@ pub async fn read_body(
             .map_err(|e| GatewayError::BadRequest(format!("cannot send 100 Continue: {}", e.etype().as_str())))?;
     }
     let read = async {
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+        // A Content-Length body that arrives as one chunk is kept as Pingora hands it over
+        // (its buffer is the body's size: what was read with the header, or an exact read),
+        // not copied: a request waiting on NXCloud holds its body once. A chunked body's
+        // chunks may be slices of a 64 KiB read buffer, so they are always copied out.
+        let mut whole: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
         while let Some(chunk) = session
             .read_request_body()
             .await
             .map_err(|e| GatewayError::BadRequest(format!("reading request body: {}", e.etype().as_str())))?
         {
-            if buf.len() + chunk.len() > limit {
+            let so_far = whole.as_ref().map_or(0, Bytes::len) + buf.len();
+            if so_far + chunk.len() > limit {
                 return Err(GatewayError::BodyTooLarge { limit });
+            }
+            if declared.is_some() && so_far == 0 {
+                whole = Some(chunk);
+                continue;
+            }
+            if let Some(first) = whole.take() {
+                buf.reserve(declared.unwrap_or(0).max(first.len() + chunk.len()));
+                buf.extend_from_slice(&first);
             }
             buf.extend_from_slice(&chunk);
         }
-        Ok(buf.freeze())
+        Ok(whole.unwrap_or_else(|| buf.freeze()))
     };
     let result = tokio::time::timeout(REQUEST_BODY_TIMEOUT, read).await.unwrap_or_else(|_| {
         Err(GatewayError::BadRequest(format!("request body not received within {} s", REQUEST_BODY_TIMEOUT.as_secs())))

@@ -197,7 +197,8 @@ impl Upstream {
             let mut session = HttpSession::H1(h1);
             session.set_read_timeout(Some(self.cfg.read_timeout));
             session.set_write_timeout(Some(self.cfg.read_timeout));
-            let failure = match exchange(&mut session, header(), body, max_body, written).await {
+            let exchanged = exchange(&mut session, header(), body, max_body, self.cfg.read_timeout, written).await;
+            let failure = match exchanged {
                 Ok(response) => {
                     if let HttpSession::H1(h1) = session {
                         // Boxed: Pingora's release future (about 2 KiB) would otherwise size this
@@ -304,6 +305,7 @@ async fn exchange(
     header: Box<RequestHeader>,
     body: &Bytes,
     max_body: usize,
+    read_timeout: Duration,
     written: &mut bool,
 ) -> Result<UpstreamResponse, Failure> {
     let fail = |stage| move |e: Box<Error>| Failure { stage, error: classify(stage, &e) };
@@ -325,6 +327,7 @@ async fn exchange(
         s.finish_request_body().await.map_err(fail(AttemptStage::Sending))?;
     }
 
+    answer_started(s, read_timeout).await.map_err(fail(AttemptStage::AwaitingResponse))?;
     // Interim 1xx answers are skipped; the final header follows on the same stream.
     let header = loop {
         s.read_response_header().await.map_err(fail(AttemptStage::AwaitingResponse))?;
@@ -377,6 +380,32 @@ async fn exchange(
         });
     }
     Ok(UpstreamResponse { header, body: buf.freeze() })
+}
+
+/// Waits until the answer starts to arrive, holding no buffer, within `read_timeout` (the
+/// limit of the read it stands in for). Pingora reserves its 4 KiB response header buffer
+/// before its first read, so a request waiting on a slow NXCloud would hold it all along
+/// (`docs/pingora.md` §13, patch 3). Plain and TLS connections of the connector; anything
+/// else goes straight to the read.
+async fn answer_started(s: &HttpSession, read_timeout: Duration) -> pingora::Result<()> {
+    use pingora::protocols::l4::stream::Stream as L4Stream;
+    use pingora::protocols::tls::TlsStream;
+    let HttpSession::H1(h1) = s else { return Ok(()) };
+    // Typed before the wait: a `&dyn Any` held across it would make the future `!Send`.
+    let any = h1.stream().as_any();
+    let (l4, tls) = (any.downcast_ref::<L4Stream>(), any.downcast_ref::<TlsStream<L4Stream>>());
+    let ready = async move {
+        match (l4, tls) {
+            (Some(l4), _) => l4.readable().await,
+            (_, Some(tls)) => tls.readable().await,
+            _ => Ok(()),
+        }
+    };
+    match tokio::time::timeout(read_timeout, ready).await {
+        // A readiness error is left for the read to report, as it always did.
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::explain(ErrorType::ReadTimedout, "while waiting for the response header")),
+    }
 }
 
 /// A request header for an upstream (NXCloud, a callback receiver): `method` and `target`

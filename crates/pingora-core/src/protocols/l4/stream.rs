@@ -614,6 +614,28 @@ impl Stream {
     }
 
     /// Put some data back to the head of the stream to be read again.
+    /// Waits until a read would find something (bytes put back or buffered, data or EOF on
+    /// the socket) without reading any of it, so a caller can allocate its read buffer only
+    /// once there is something to put in it. Like tokio's `readable`, it may return when a
+    /// read would still block.
+    pub async fn readable(&self) -> io::Result<()> {
+        if !self.rewind_read_buf.is_empty() {
+            return Ok(());
+        }
+        let stream = self.stream();
+        if let BufferedStream::BufferedRead(reader) = stream {
+            if !reader.buffer().is_empty() {
+                return Ok(());
+            }
+        }
+        match &stream.get_ref().stream {
+            RawStream::Tcp(s) => s.readable().await,
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.readable().await,
+            RawStream::Virtual(_) => Ok(()),
+        }
+    }
+
     ///
     /// This is useful when you've read data to detect a protocol (e.g., PROXY protocol)
     /// but the data wasn't what you expected, so you need to "unread" it.

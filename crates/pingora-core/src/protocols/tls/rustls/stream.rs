@@ -133,6 +133,24 @@ where
     }
 }
 
+impl TlsStream<crate::protocols::l4::stream::Stream> {
+    /// Waits until a read may find something, holding no buffer: see
+    /// [`Stream::readable`](crate::protocols::l4::stream::Stream::readable). Returns at once
+    /// when rustls does not want more TLS data (it may hold plaintext already).
+    pub async fn readable(&self) -> IoResult<()> {
+        match self.tls.stream.as_ref() {
+            Some(stream) => {
+                let (io, state) = stream.get_ref();
+                if !state.wants_read() {
+                    return Ok(());
+                }
+                io.readable().await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl<T> TlsStream<T> {
     pub fn ssl_digest(&self) -> Option<Arc<SslDigest>> {
         self.digest.clone()
