@@ -30,23 +30,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 bench_workdir heap
 for v in P_EMU P_GW; do free_port "$v"; done
-UUID=Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR # the vendor's public sample account
-SECRET=u7Mf3zUNOkg4lMV9a0E6cHSgIkK22GSr
-KEY=bench-client-key-md5
-export BENCH_SECRET_MD5=$SECRET
-cat >"$WORK/gw.yaml" <<EOF
-listen: ["127.0.0.1:$P_GW"]
-upstream:
-  url: "http://127.0.0.1:$P_EMU"
-admin_listen: null
-shutdown_grace_secs: 1
-tenants:
-  - name: md5
-    uuid: "$UUID"
-    secret_env: BENCH_SECRET_MD5
-    algorithm: "MD5"
-    client_keys_sha256: ["$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"]
-EOF
+single_tenant_gateway "$WORK/gw.yaml" "$P_GW" "$P_EMU"
 "$BIN" emulator --listen "127.0.0.1:$P_EMU" --tenant "$UUID=$SECRET" --fault slow --slow-ms "$SLOW_MS" \
   >"$WORK/emu.log" 2>&1 &
 PIDS+=($!)

@@ -65,3 +65,27 @@ nginx_lua_conf() {
     -e "s|@UUID@|$uuid|g" -e "s|@SECRET_ENV@|$secret_env|g" -e "s|@CLIENT_KEY@|$key|g" \
     -e "s|@MAIN_EXTRA@|$extra|" -e "s|@WORKER_CONNECTIONS@|$conns|" "$tmpl" >"$work/nginx-lua.conf"
 }
+
+# ---------------------------------------------------------------- one-tenant gateway
+# single_tenant_gateway FILE LISTEN_PORT UPSTREAM_PORT: the MD5 gateway config profile.sh and
+# heap.sh measure (the vendor's public sample account, client key bench-client-key-md5);
+# sets UUID, SECRET and KEY and exports BENCH_SECRET_MD5 (test credentials only).
+single_tenant_gateway() {
+  UUID=Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR
+  SECRET=u7Mf3zUNOkg4lMV9a0E6cHSgIkK22GSr
+  KEY=bench-client-key-md5
+  export BENCH_SECRET_MD5=$SECRET
+  cat >"$1" <<EOF
+listen: ["127.0.0.1:$2"]
+upstream:
+  url: "http://127.0.0.1:$3"
+admin_listen: null
+shutdown_grace_secs: 1
+tenants:
+  - name: md5
+    uuid: "$UUID"
+    secret_env: BENCH_SECRET_MD5
+    algorithm: "MD5"
+    client_keys_sha256: ["$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"]
+EOF
+}

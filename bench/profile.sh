@@ -38,23 +38,7 @@ OUT_DIR=$(cd "$OUT_DIR" && pwd)
 bench_workdir profile
 for v in P_PLAIN P_EMU P_GW; do free_port "$v"; done
 
-UUID=Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR
-SECRET=u7Mf3zUNOkg4lMV9a0E6cHSgIkK22GSr
-KEY=bench-client-key-md5
-export BENCH_SECRET_MD5=$SECRET
-cat >"$WORK/gw.yaml" <<EOF
-listen: ["127.0.0.1:$P_GW"]
-upstream:
-  url: "http://127.0.0.1:$P_EMU"
-admin_listen: null
-shutdown_grace_secs: 1
-tenants:
-  - name: md5
-    uuid: "$UUID"
-    secret_env: BENCH_SECRET_MD5
-    algorithm: "MD5"
-    client_keys_sha256: ["$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"]
-EOF
+single_tenant_gateway "$WORK/gw.yaml" "$P_GW" "$P_EMU"
 # The same tenant with a rate limit and a concurrency cap that never refuse: what admission
 # costs when it is configured (bench/run.sh's nxgate-md5-limits row).
 sed 's/^    client_keys_sha256: .*/&\n    rate_limit: { per_second: 10000000, burst: 10000000 }\n    max_in_flight: 100000/' \
