@@ -49,7 +49,7 @@ fi
 GW=$(pgrep -f "^$BIN run -c $WORK/gw.yaml" | head -1)
 kill -TERM "$GW"
 wait "$HT" || true
-heaptrack_print -f "$WORK"/heaptrack.*.zst --print-peaks 0 --print-allocators 0 --print-temporary 0 \
+heaptrack_print -f "$WORK"/heaptrack*.zst --print-peaks 0 --print-allocators 0 --print-temporary 0 \
   --print-leaks 0 -F "$WORK/stacks.txt" --flamegraph-cost-type peak >/dev/null 2>&1
 echo "heap at its peak, $MODE, $CONNS connections (heaptrack; nxgate with the system allocator)"
 python3 - "$WORK/stacks.txt" "$CONNS" "$TOP" <<'PY'

@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::body::{BodyReader, BodyWriter};
+use super::body::{BodyReader, BodyWriter, ParseState};
 use super::common::*;
 use super::header::HeaderWriter;
 use crate::protocols::http::{
@@ -595,13 +595,34 @@ impl HttpSession {
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
         let read = self.read_body().await?;
         Ok(read.map(|b| {
-            let bytes = Bytes::copy_from_slice(self.get_body(&b));
+            let bytes = self.take_or_copy_body(&b);
             self.body_bytes_read += bytes.len();
             if let Some(buffer) = self.retry_buffer.as_mut() {
                 buffer.write_to_buffer(&bytes);
             }
             bytes
         }))
+    }
+
+    /// The bytes `b` refers to. A sized body that is now complete and is all of the body
+    /// buffer (read with the header, or in one read of its own size) is handed over rather
+    /// than copied: a copy would hold the body twice for as long as the request lives, and
+    /// the buffer is not read again before the next request sets up its own. A buffer much
+    /// larger than the body is copied out of instead, so a small tail does not keep it.
+    fn take_or_copy_body(&mut self, b: &BufRef) -> Bytes {
+        let whole = matches!(self.body_reader.body_state, ParseState::Complete(_))
+            && b.0 == 0
+            && self
+                .body_reader
+                .body_buf
+                .as_ref()
+                .is_some_and(|buf| buf.len() == b.1 && buf.capacity() < 2 * b.1.max(1));
+        if whole {
+            if let Some(buf) = self.body_reader.body_buf.take() {
+                return buf.freeze();
+            }
+        }
+        Bytes::copy_from_slice(self.get_body(b))
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
