@@ -57,6 +57,45 @@ awk -F'\t' -v tck="$CLK_TCK" -v big_idle="$BIG_IDLE_KIB" -v max_req="$MAX_REQ" -
       }
     }' "$BASE.tsv"
 
+if [ -s "$BASE.pairs.tsv" ] && [ "$(wc -l <"$BASE.pairs.tsv")" -gt 1 ]; then
+  echo
+  echo "A configured rate limit against none (\`rate_limit\` 10M/s and \`max_in_flight\` 100,000, never refusing): nxgate-md5-limits and nxgate-md5 measured in alternating pairs, the order swapped every pair; ratio = limits / none within the pair. Target: median req/s ratio at least 0.95."
+  echo
+  awk -F'\t' -v tck="$CLK_TCK" '
+    NR == 1 { next }
+    {
+      split($1, p, "-"); pair = p[1]; lim = ($1 ~ /-limits$/)
+      rps = $4 / ($5 / 1e6); cpu = ($4 > 0) ? ($11 / tck) / $4 * 10000 : 0
+      k = $2 SUBSEP pair
+      if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+      if (lim) { lr[k] = rps; lc[k] = cpu } else { nr[k] = rps; nc[k] = cpu }
+    }
+    function median(a, m,   i, j, t) {
+      for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+    }
+    END {
+      print "| conns | pair | no limit req/s | limits req/s | req/s ratio | no limit CPU s / 10k req | limits CPU s / 10k req | CPU ratio |"
+      print "|---:|---|---:|---:|---:|---:|---:|---:|"
+      for (i = 1; i <= n; i++) {
+        k = order[i]; split(k, kk, SUBSEP)
+        r = (nr[k] > 0) ? lr[k] / nr[k] : 0; cr = (nc[k] > 0) ? lc[k] / nc[k] : 0
+        printf "| %d | %s | %.0f | %.0f | %.3f | %.3f | %.3f | %.3f |\n", kk[1], kk[2], nr[k], lr[k], r, nc[k], lc[k], cr
+        cnt[kk[1]]++; rr[kk[1], cnt[kk[1]]] = r; cc[kk[1], cnt[kk[1]]] = cr
+        if (!(kk[1] in cseen)) { cseen[kk[1]] = 1; corder[++nc_] = kk[1] }
+      }
+      print ""
+      print "| conns | pairs | median req/s ratio | median CPU ratio | target: req/s within 5 % |"
+      print "|---:|---:|---:|---:|---|"
+      for (i = 1; i <= nc_; i++) {
+        c = corder[i]; delete a; delete b
+        for (j = 1; j <= cnt[c]; j++) { a[j] = rr[c, j]; b[j] = cc[c, j] }
+        mr = median(a, cnt[c]); mcpu = median(b, cnt[c])
+        printf "| %d | %d | %.3f | %.3f | %s |\n", c, cnt[c], mr, mcpu, (mr >= 0.95) ? "met" : "missed"
+      }
+    }' "$BASE.pairs.tsv"
+fi
+
 if [ -s "$BASE.inflight.tsv" ]; then
   echo
   awk -F'\t' -v slow_ms="${SLOW_MS:-?}" '

@@ -14,7 +14,8 @@
 # IDLE=1 (0 = skip the idle-connection and flood rows), IDLE_CONNS=5000, FLOOD_CONNS=3000,
 # FLOOD_SECS=10, SETTLE_SECS=60 (how long after its flood each server's RSS is read),
 # INFLIGHT=1 (0 = skip the in-flight rows), INFLIGHT_CONNS=1000, SLOW_MS=100 (the slow
-# upstream's delay). CONNS="" BIG=0 runs only the memory sections.
+# upstream's delay), PAIRS=3 (0 = skip the paired rate-limit rows), PAIR_CONNS="16 128".
+# CONNS="" BIG=0 PAIRS=0 runs only the memory sections.
 #
 # Everything listens on 127.0.0.1 (free ports picked at start), every wrk run is bounded by
 # -d, and every process started here is stopped on exit.
@@ -44,6 +45,8 @@ SETTLE_SECS=${SETTLE_SECS:-60}
 INFLIGHT=${INFLIGHT:-1}
 INFLIGHT_CONNS=${INFLIGHT_CONNS:-1000}
 SLOW_MS=${SLOW_MS:-100}
+PAIRS=${PAIRS:-3}
+PAIR_CONNS=${PAIR_CONNS:-"16 128"}
 # The idle and flood rows hold thousands of sockets (wrk, the gateways and the emulators
 # inherit this): 65536 where the hard limit may be raised (root with CAP_SYS_RESOURCE),
 # else the hard limit.
@@ -208,8 +211,9 @@ truncate_logs() { local f; for f in "$WORK"/*.log; do : >"$f"; done; }
 CLK_TCK=$(getconf CLK_TCK)
 RAW="$WORK/raw.tsv"
 printf 'row\tconns\tbody\trequests\tduration_us\tp50_us\tp99_us\tp999_us\tmax_us\terrors\tgw_cpu_ticks\tgw_hwm_kib\tup_cpu_ticks\n' >"$RAW"
+OUT_TSV=$RAW
 
-measure() { # row conns body_bytes url key "gateway pids" upstream_pid
+measure() { # row conns body_bytes url key "gateway pids" upstream_pid  (appends to $OUT_TSV)
   local row=$1 c=$2 bytes=$3 url=$4 key=$5 gw=$6 up=$7 res
   check "$url" "$key" || { echo "sanity check failed for $row ($url)" >&2; exit 1; }
   echo "  $row, $c connections, $bytes-byte body..." >&2
@@ -226,7 +230,7 @@ measure() { # row conns body_bytes url key "gateway pids" upstream_pid
   local errors=$(( $(v err_connect) + $(v err_read) + $(v err_write) + $(v err_status) + $(v err_timeout) ))
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$c" "$bytes" "$(v requests)" \
     "$(v duration_us)" "$(v p50_us)" "$(v p99_us)" "$(v p999_us)" "$(v max_us)" "$errors" \
-    "$((g1 - g0))" "$hwm" "$((u1 - u0))" >>"$RAW"
+    "$((g1 - g0))" "$hwm" "$((u1 - u0))" >>"$OUT_TSV"
   check "$url" "$key" || { echo "sanity check failed after $row ($url)" >&2; exit 1; }
   truncate_logs
 }
@@ -245,6 +249,29 @@ for c in $CONNS; do
   measure nxgate-md5-limits "$c" 1024 "$URL_LIM" "$KEY_LIM" "$PID_gw_limits" "$PID_emu"
   measure nxgate-md5-nolog "$c" 1024 "$URL_NOLOG" "$KEY_MD5" "$PID_gw_nolog" "$PID_emu"
 done
+
+# A configured rate limit against none, paired: nxgate-md5-limits and nxgate-md5 alternate
+# PAIRS times at each of PAIR_CONNS, the order swapped every pair, so a drift of this noisy
+# machine falls on both sides alike; the report gives each pair's ratio and their median.
+PAIRS_RAW="$WORK/pairs.tsv"
+head -1 "$RAW" >"$PAIRS_RAW"
+if [ "$PAIRS" -gt 0 ]; then
+  OUT_TSV=$PAIRS_RAW
+  for c in $PAIR_CONNS; do
+    for i in $(seq 1 "$PAIRS"); do
+      order="none limits"
+      [ $((i % 2)) = 0 ] && order="limits none"
+      for r in $order; do
+        if [ "$r" = none ]; then
+          measure "pair$i-nxgate-md5" "$c" 1024 "$URL_MD5" "$KEY_MD5" "$PID_gw_md5" "$PID_emu"
+        else
+          measure "pair$i-nxgate-md5-limits" "$c" 1024 "$URL_LIM" "$KEY_LIM" "$PID_gw_limits" "$PID_emu"
+        fi
+      done
+    done
+  done
+  OUT_TSV=$RAW
+fi
 
 BIG_IDLE_KIB=0
 if [ "$BIG" = 1 ]; then
@@ -424,7 +451,8 @@ IDLE_SECS=$((SECONDS - IDLE_STARTED))
 mkdir -p "$(dirname "$OUT")"
 BASE=${OUT%.md}
 cp "$RAW" "$BASE.tsv"
-rm -f "$BASE.inflight.tsv"
+rm -f "$BASE.inflight.tsv" "$BASE.pairs.tsv"
+if [ "$PAIRS" -gt 0 ]; then cp "$PAIRS_RAW" "$BASE.pairs.tsv"; fi
 if [ "$INFLIGHT" = 1 ]; then cp "$INFLIGHT_RAW" "$BASE.inflight.tsv"; fi
 rm -f "$BASE.idle.tsv"
 if [ "$IDLE" = 1 ]; then cp "$IDLE_RAW" "$BASE.idle.tsv"; fi
