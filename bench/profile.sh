@@ -9,6 +9,7 @@
 #   bash bench/profile.sh        # after bench/run.sh has built everything (or it builds)
 #   ONLY="nxgate-md5 nxgate-md5-nolog" bash bench/profile.sh   # only these rows
 #   (rows: nginx pingora-passthrough nxgate-md5 nxgate-md5-nolog nxgate-md5-limits)
+#   NXGATE_BIN=/path/to/nxgate ONLY=nxgate-md5 bash bench/profile.sh   # a prebuilt nxgate
 #
 # Output: a markdown table on stdout and in $SUMMARY (default bench/results/profile.md,
 # tracked), and the raw callgrind files under $OUT_DIR (default bench/results/raw/profile,
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT_DIR=${OUT_DIR:-bench/results/raw/profile}
 SUMMARY=${SUMMARY:-bench/results/profile.md}
+case $SUMMARY in /*) ;; *) SUMMARY=$ROOT/$SUMMARY ;; esac
 SECS=${SECS:-10}
 
 source scripts/setup.sh
@@ -26,11 +28,17 @@ source bench/lib.sh
 nxgate_install wrk:wrk curl:curl valgrind:valgrind strace:strace taskset:util-linux
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || nxgate_install nginx:nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-cargo build --release --locked >&2
+if [ -n "${NXGATE_BIN:-}" ]; then
+  # A prebuilt nxgate (another commit's, say), as in bench/run.sh; the rows other than
+  # nxgate's still come from this tree.
+  BIN=$(realpath "$NXGATE_BIN")
+else
+  cargo build --release --locked >&2
+  BIN=$ROOT/target/release/nxgate
+fi
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" pingora-passthrough "* ]]; then
   cargo build --release --locked -p pingora-passthrough >&2
 fi
-BIN=$ROOT/target/release/nxgate
 PASSTHROUGH=$ROOT/target/release/pingora-passthrough
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -119,4 +127,4 @@ for r in "${ROWS[@]}"; do
   awk -v name="$name" -v n="$n" -v ir="$ir" -v pr="$per_req" -v b="$base" -v w="$win" -v c="$calls" -v s="$sends" -v top="$top" \
     'BEGIN{printf "| %s | %d | %d | %d | %.1f | %.1f | %.1f | %s |\n", name, n, ir, pr, pr / b, c / w, s / w, top}'
 done
-} | tee "$ROOT/$SUMMARY"
+} | tee "$SUMMARY"

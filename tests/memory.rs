@@ -150,3 +150,19 @@ fn a_request_waiting_on_a_slow_nxcloud_holds_a_bounded_amount() {
     eprintln!("RSS {before} KiB before, {with} KiB with {IN_FLIGHT} requests in flight: {per:.2} KiB each");
     assert!(per <= MAX_KIB_PER_REQUEST, "{per:.2} KiB per request in flight (at most {MAX_KIB_PER_REQUEST})");
 }
+
+/// jemalloc takes the gateway's own options (`src/main.rs`): freed pages go back after a
+/// second unused, not jemalloc's ten, so a burst of connections does not stay in RSS. Read
+/// back from jemalloc's own statistics, which print its options as it runs them.
+#[test]
+fn jemalloc_returns_freed_pages_within_a_second() {
+    let out = std::process::Command::new(nxgate_bin())
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("nxgate runs");
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(stats.contains("opt.dirty_decay_ms: 1000"), "jemalloc's options: {stats:.2000}");
+    assert!(stats.contains("opt.background_thread: true"), "jemalloc's options: {stats:.2000}");
+}
